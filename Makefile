@@ -1,0 +1,44 @@
+# cjs-proxy: `make run` starts a proxy on 127.0.0.1:8080, `make test` runs every test.
+# Both create .venv and install what they need; only Python 3 is required.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test unit functional lint settings-table clean
+
+$(BIN)/python:
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "python3 -m venv failed: installing python3-venv"; \
+	    apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null && $(PYTHON) -m venv $(VENV); \
+	  else \
+	    echo "python3 -m venv failed: install your distribution's python3-venv package" >&2; exit 1; \
+	  fi; }
+
+$(STAMP): $(BIN)/python setup.py constraints.txt
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[embedded,test]'
+	@touch $@
+
+run: $(STAMP)
+	$(BIN)/gunicorn -c etc/gunicorn.py cjs_proxy.wsgi
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+functional: $(STAMP)
+	$(BIN)/python -m pytest tests/functional
+
+lint: $(STAMP)
+	$(BIN)/ruff check cjs_proxy workers tests etc setup.py
+
+settings-table: $(STAMP)
+	@$(BIN)/cjs-proxy settings
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,134 @@
+"""``cjs-proxy``: run the proxy, check a config file, and manage frontends in Redis."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import redis
+
+from . import config
+from .embedded import find_redis_server
+from .store import RouteStore, StoreError, split_driver_url
+
+ADMIN_TIMEOUT = 5.0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Like Hipache's ``--dry``: exit 0 if the file is usable, 1 with the reason if not."""
+    try:
+        settings = config.load_settings(args.path)
+    except config.ConfigError as exc:
+        print(f"cjs-proxy: configuration error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{settings.path}: OK")
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    print(config.settings_table())
+    return 0
+
+
+def gunicorn_config_file() -> Path:
+    candidates = [config.PACKAGE_ROOT / "etc" / "gunicorn.py",
+                  Path(sys.prefix) / "share" / "cjs-proxy" / "etc" / "gunicorn.py"]
+    return next((p for p in candidates if p.is_file()), candidates[0])
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Exec gunicorn exactly as the README does: ``gunicorn -c etc/gunicorn.py cjs_proxy.wsgi``."""
+    if args.config:
+        os.environ[config.ENV_CONFIG] = str(Path(args.config).resolve())
+    argv = [sys.executable, "-m", "gunicorn", "-c", str(gunicorn_config_file()), "cjs_proxy.wsgi"]
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
+def _store(args: argparse.Namespace) -> RouteStore:
+    settings = config.load_settings(args.config)
+    read_url, write_url = config.driver_urls(settings)
+    return RouteStore.from_urls(read_url, write_url, ADMIN_TIMEOUT, max_connections=2)
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    _store(args).set_frontend(args.host.lower(), args.identifier, args.backends)
+    print(f"frontend:{args.host.lower()} -> {args.identifier} {' '.join(args.backends)}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    values, dead = _store(args).get_frontend(args.host.lower())
+    if not values:
+        print(f"no frontend for {args.host}", file=sys.stderr)
+        return 1
+    print(f"identifier: {values[0]}")
+    for i, url in enumerate(values[1:]):
+        print(f"  #{i} {url}{'  (dead)' if i in dead else ''}")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    return 0 if _store(args).delete_frontend(args.host.lower()) else 1
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for host in _store(args).frontend_hosts():
+        print(host)
+    return 0
+
+
+def cmd_redis_cli(args: argparse.Namespace) -> int:
+    """redis-cli connected to the configured store (the embedded one included)."""
+    settings = config.load_settings(args.config)
+    url, _prefix = split_driver_url(config.driver_urls(settings)[1])
+    binary = shutil.which("redis-cli") or str(Path(find_redis_server(settings["embedded.redisServer"])).with_name("redis-cli"))
+    argv = [binary, "-s", url[len("unix://"):]] if url.startswith("unix://") else [binary, "-u", url]
+    os.execv(binary, argv + list(args.args))
+    return 0  # not reached
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cjs-proxy", description=__doc__)
+    parser.add_argument("--config", help="config file (default: CJS_PROXY_CONFIG, SETTINGS_FLAVOR, etc/config.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check-config", help="check a config file and exit non-zero if it is broken")
+    check.add_argument("path", nargs="?", help="file to check (default: the one the proxy would read)")
+    check.set_defaults(func=cmd_check_config)
+    sub.add_parser("settings", help="print the settings table (Markdown)").set_defaults(func=cmd_settings)
+    sub.add_parser("run", help="start the proxy (gunicorn -c etc/gunicorn.py cjs_proxy.wsgi)").set_defaults(func=cmd_run)
+    add = sub.add_parser("add", help="set a frontend: HOST IDENTIFIER BACKEND_URL...")
+    add.add_argument("host")
+    add.add_argument("identifier")
+    add.add_argument("backends", nargs="+")
+    add.set_defaults(func=cmd_add)
+    for name, func, text in (("show", cmd_show, "show a frontend and its dead backends"),
+                             ("remove", cmd_remove, "delete a frontend")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("host")
+        cmd.set_defaults(func=func)
+    sub.add_parser("list", help="list the hosts that have a frontend").set_defaults(func=cmd_list)
+    cli = sub.add_parser("redis-cli", help="redis-cli connected to the configured store")
+    cli.add_argument("args", nargs=argparse.REMAINDER)
+    cli.set_defaults(func=cmd_redis_cli)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except config.ConfigError as exc:
+        print(f"cjs-proxy: configuration error: {exc}", file=sys.stderr)
+        return 1
+    except (StoreError, redis.RedisError, OSError) as exc:
+        print(f"cjs-proxy: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

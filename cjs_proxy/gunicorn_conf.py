@@ -1,0 +1,71 @@
+"""gunicorn's settings, derived from the YAML config (``etc/gunicorn.py`` loads these).
+
+Imports nothing heavy: the master must not import requests, redis or ssl before the
+workers monkeypatch them with gevent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+from . import config
+from .embedded import EmbeddedRedis, EmbeddedRedisError, find_redis_server
+
+WORKER_CLASS = "workers.gevent_proxy.ProxyWorker"
+log = logging.getLogger("cjs_proxy")
+
+
+def gunicorn_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """gunicorn setting names and values; exits with the config error if the file is broken."""
+    environ = dict(os.environ if environ is None else environ)
+    try:
+        settings = config.load_settings(environ=environ)
+    except config.ConfigError as exc:
+        sys.stderr.write(f"cjs-proxy: configuration error: {exc}\n")
+        raise SystemExit(2) from None
+    values: dict[str, Any] = {
+        "bind": config.listen_addresses(settings),
+        "workers": settings["server.workers"],
+        "worker_class": WORKER_CLASS,
+        "worker_connections": settings["server.workerConnections"],
+        "keepalive": settings["server.keepAliveTimeout"],
+        "graceful_timeout": settings["server.gracefulTimeout"],
+        "timeout": 30,
+        "proc_name": "cjs-proxy",
+        "accesslog": None,  # the proxy writes its own, with vhost and upstream fields
+        "errorlog": "-",
+        "loglevel": "info",
+        "control_socket_disable": True,
+        "forwarded_allow_ips": "",  # scheme and client come from the listener, not headers
+        "raw_env": [f"{config.ENV_CONFIG}={settings.path}"],
+        "on_starting": on_starting,
+        "on_exit": on_exit,
+    }
+    if os.geteuid() == 0:
+        values["user"] = settings["user"]
+        values["group"] = settings["group"] if settings["group"] is not None else settings["user"]
+    return values
+
+
+def on_starting(server: Any) -> None:
+    """Start the embedded redis-server before any worker, if no driver is configured."""
+    settings = config.load_settings()
+    if settings["driver"] is not None:
+        return
+    try:
+        embedded = EmbeddedRedis(settings["embedded.dataDir"], find_redis_server(settings["embedded.redisServer"]))
+        embedded.start()
+    except EmbeddedRedisError as exc:
+        server.log.error("cjs-proxy: cannot start the embedded store: %s", exc)
+        raise SystemExit(3) from None
+    server.log.info("embedded redis on unix://%s (data in %s)", embedded.socket_path, embedded.data_dir)
+    server.cjs_embedded_redis = embedded  # on the arbiter: survives config reloads
+
+
+def on_exit(server: Any) -> None:
+    embedded = getattr(server, "cjs_embedded_redis", None)
+    if embedded is not None:
+        embedded.stop()

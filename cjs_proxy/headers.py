@@ -1,0 +1,125 @@
+"""Header rewriting between client and backend: hop-by-hop removal and X-Forwarded-*.
+
+Pure functions over the WSGI environ and header lists, so every rule is unit-tested.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from urllib3.util import SKIP_HEADER
+
+#: Hop-by-hop headers (RFC 9110 section 7.6.1) plus the framing headers that the
+#: proxy recomputes on each side; ``Connection`` may name more.
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
+    "proxy-connection", "proxy-authenticate", "proxy-authorization",
+})
+#: Request headers set by the proxy itself; a client's copy is replaced, not kept.
+PROXY_SET = frozenset({"x-real-ip", "x-forwarded-proto", "x-forwarded-port", "x-request-id"})
+#: Backend response headers the proxy replaces with its own, as nginx does.
+RESPONSE_REPLACED = frozenset({"server", "date"})
+#: What gunicorn accepts in a response header (RFC 9110 token and field-value).
+_VALID_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-zA-Z-]+")
+_VALID_VALUE = re.compile(r"[ \t\x21-\x7e\x80-\xff]*")
+log = logging.getLogger("cjs_proxy.headers")
+#: Request headers urllib3 would invent when absent; SKIP_HEADER keeps the request as sent.
+_URLLIB3_DEFAULTS = {"User-Agent": SKIP_HEADER, "Accept-Encoding": SKIP_HEADER}
+
+
+def _connection_tokens(value: str | None) -> set[str]:
+    return {t.strip().lower() for t in value.split(",")} if value else set()
+
+
+def _header_name(environ_key: str) -> str:
+    return environ_key[5:].replace("_", "-").title()
+
+
+def is_hop_by_hop(name: str, connection_tokens: set[str]) -> bool:
+    lower = name.lower()
+    return lower in HOP_BY_HOP or lower in connection_tokens or lower.startswith("proxy-")
+
+
+def parse_networks(cidrs: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+
+
+def is_trusted(address: str, trusted: tuple) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
+
+
+def client_address(environ: Mapping[str, Any], trusted: tuple) -> str:
+    """The client's IP: the TCP peer, or behind trusted proxies the rightmost untrusted hop."""
+    peer = environ.get("REMOTE_ADDR", "") or "-"
+    if not trusted or not is_trusted(peer, trusted):
+        return peer
+    forwarded = [a.strip() for a in environ.get("HTTP_X_FORWARDED_FOR", "").split(",") if a.strip()]
+    for address in reversed(forwarded):
+        if not is_trusted(address, trusted):
+            return address
+    return forwarded[0] if forwarded else peer
+
+
+def new_request_id() -> str:
+    return os.urandom(16).hex()
+
+
+def upstream_request_headers(environ: Mapping[str, Any], *, client_ip: str, proto: str,
+                             port: str, request_id: str) -> dict[str, str]:
+    """Headers to send to the backend: the client's, less hop-by-hop, plus X-Forwarded-*.
+
+    ``Host`` passes unchanged; ``X-Forwarded-For`` gets the TCP peer appended.
+    """
+    tokens = _connection_tokens(environ.get("HTTP_CONNECTION"))
+    headers: dict[str, str] = dict(_URLLIB3_DEFAULTS)
+    for key, value in environ.items():
+        if not key.startswith("HTTP_"):
+            continue
+        name = _header_name(key)
+        lower = name.lower()
+        if is_hop_by_hop(name, tokens) or lower in PROXY_SET or lower in ("x-forwarded-for", "expect"):
+            continue
+        headers[name] = value
+    if environ.get("CONTENT_TYPE"):
+        headers["Content-Type"] = environ["CONTENT_TYPE"]
+    if environ.get("CONTENT_LENGTH"):
+        headers["Content-Length"] = environ["CONTENT_LENGTH"]
+    peer = environ.get("REMOTE_ADDR", "")
+    previous = environ.get("HTTP_X_FORWARDED_FOR")
+    headers["X-Forwarded-For"] = f"{previous}, {peer}" if previous else peer
+    headers["X-Real-IP"] = client_ip
+    headers["X-Forwarded-Proto"] = proto
+    headers["X-Forwarded-Port"] = port
+    headers["X-Request-ID"] = request_id
+    return headers
+
+
+def downstream_response_headers(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Backend response headers for the client: hop-by-hop, Server and Date removed.
+
+    A header that is not valid HTTP (control characters) is dropped and logged
+    rather than failing the whole response.
+    """
+    items = list(items)
+    tokens: set[str] = set()
+    for name, value in items:
+        if name.lower() == "connection":
+            tokens |= _connection_tokens(value)
+    result = []
+    for name, value in items:
+        if is_hop_by_hop(name, tokens) or name.lower() in RESPONSE_REPLACED:
+            continue
+        if not (_VALID_NAME.fullmatch(name) and _VALID_VALUE.fullmatch(value)):
+            log.warning("dropping invalid response header %r from backend", name)
+            continue
+        result.append((name, value))
+    return result

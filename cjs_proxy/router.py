@@ -1,0 +1,118 @@
+"""Host header to route: normalisation, Hipache's lookup order, and a last-good fallback.
+
+Lookup order (Hipache's): the exact host, then ``*.<suffix>`` from the longest suffix
+to the shortest (at most five labels, so an abusive host cannot make a long lookup),
+then ``*``. The first non-empty ``frontend:`` list wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .exceptions import InvalidHost, StoreUnavailable, UnknownHost
+from .store import Frontend, RouteStore, StoreError
+
+log = logging.getLogger("cjs_proxy.router")
+
+#: Longest wildcard suffix tried, in labels (Hipache's bound).
+MAX_WILDCARD_LABELS = 5
+#: Hosts whose last good route is remembered for when Redis is unreachable.
+STALE_ROUTES_MAX = 10_000
+
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_IPV6 = re.compile(r"\[[0-9a-f:.]+\]")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def normalize_host(raw: str | None) -> str:
+    """The lookup form of a ``Host`` value: no port, lowercase, no trailing dot.
+
+    Raises ``InvalidHost`` for a missing, empty, duplicated (gunicorn joins repeated
+    headers with commas) or malformed value.
+    """
+    if not raw:
+        raise InvalidHost("missing Host header")
+    host = raw.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        name, rest = host[: end + 1], host[end + 1:]
+        if end < 0 or not _IPV6.fullmatch(name):
+            raise InvalidHost(f"malformed Host header {raw!r}")
+    else:
+        name, sep, port = host.partition(":")
+        rest = sep + port
+        name = name[:-1] if name.endswith(".") else name
+        if len(name) > 253 or not _HOSTNAME.fullmatch(name):
+            raise InvalidHost(f"malformed Host header {raw!r}")
+    if rest and not (rest[0] == ":" and _PORT.fullmatch(rest[1:])):
+        raise InvalidHost(f"malformed port in Host header {raw!r}")
+    return name
+
+
+def lookup_candidates(host: str) -> list[str]:
+    """Frontend names to try for ``host``, in order: exact, wildcards long to short, ``*``."""
+    labels = host.split(".")[-(MAX_WILDCARD_LABELS + 1):]
+    candidates = [host]
+    candidates.extend("*." + ".".join(labels[i:]) for i in range(1, len(labels)))
+    candidates.append("*")
+    return candidates
+
+
+@dataclass(frozen=True)
+class Route:
+    """A resolved request: the host asked for and the frontend that answers it."""
+
+    host: str
+    frontend: Frontend
+
+    @property
+    def identifier(self) -> str:
+        return self.frontend.identifier
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        return self.frontend.backends
+
+
+class Router:
+    """Resolves hosts through the store; serves last good routes while Redis is away."""
+
+    def __init__(self, store: RouteStore, stale_ttl: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.stale_ttl = stale_ttl
+        self.clock = clock
+        self._last_good: dict[str, tuple[Route, float]] = {}
+
+    def resolve(self, host: str) -> Route:
+        try:
+            frontend = self.store.lookup(lookup_candidates(host), host)
+        except StoreError as exc:
+            return self._stale_route(host, exc)
+        if frontend is None:
+            self._last_good.pop(host, None)
+            raise UnknownHost(f"no frontend for {host!r}")
+        route = Route(host, frontend)
+        self._remember(route)
+        return route
+
+    def _remember(self, route: Route) -> None:
+        if self.stale_ttl <= 0:
+            return
+        last_good = self._last_good
+        if route.host not in last_good and len(last_good) >= STALE_ROUTES_MAX:
+            del last_good[next(iter(last_good))]
+        last_good[route.host] = (route, self.clock())
+
+    def _stale_route(self, host: str, error: StoreError) -> Route:
+        remembered = self._last_good.get(host)
+        if remembered and self.clock() - remembered[1] <= self.stale_ttl:
+            log.warning("redis unreachable (%s); serving %s from its last good route", error, host)
+            return remembered[0]
+        log.error("redis unreachable (%s); cannot route %s", error, host)
+        raise StoreUnavailable(f"routing store unreachable: {error}")

@@ -1,0 +1,142 @@
+"""The Redis side of routing: the only module that knows Hipache's key names.
+
+Keys (after the driver's ``#prefix``): ``frontend:<host>`` is a list
+``[identifier, backend_url, ...]``; ``dead:<host>`` is a set of dead backend ids
+(0-based positions after the identifier). A lookup is one EVALSHA of ``lua/route.lua``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+
+LUA_DIR = Path(__file__).resolve().parent / "lua"
+
+
+class StoreError(Exception):
+    """Redis could not answer (unreachable, timed out, or refused the command)."""
+
+
+@dataclass(frozen=True)
+class Frontend:
+    """What Redis holds for a host: the matching key and the raw list, plus dead ids."""
+
+    key: str
+    identifier: str
+    backends: tuple[str, ...]
+    dead: frozenset[int]
+
+
+class LuaScript:
+    """A script from ``lua/``, called by EVALSHA and loaded again on NOSCRIPT.
+
+    redis-py's own ``Script`` checks ``SCRIPT EXISTS`` inside pipelines; calling
+    EVALSHA directly keeps the hot path at one round trip.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.source = (LUA_DIR / name).read_text(encoding="utf-8")
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    def __call__(self, client: redis.Redis, keys: list[str], args: tuple = ()) -> object:
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            client.script_load(self.source)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+def split_driver_url(url: str) -> tuple[str, str]:
+    """Hipache's driver URL to (redis-py URL, key prefix); ``redis:`` alone means localhost."""
+    parts = urlsplit(url)
+    prefix = parts.fragment
+    netloc = parts.netloc
+    if parts.scheme in ("redis", "rediss") and not parts.hostname:
+        netloc = (netloc.rstrip("@") + "@" if "@" in netloc else "") + "127.0.0.1:6379"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")), prefix
+
+
+def connect(url: str, timeout: float, max_connections: int) -> tuple[redis.Redis, str]:
+    """A client with a bounded, blocking pool (one connection per concurrent request otherwise)."""
+    redis_url, prefix = split_driver_url(url)
+    pool = redis.BlockingConnectionPool.from_url(
+        redis_url,
+        max_connections=max_connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+    )
+    return redis.Redis(connection_pool=pool), prefix
+
+
+class RouteStore:
+    """Reads frontends and dead sets; later stages add the writes (dead marks)."""
+
+    def __init__(self, reader: redis.Redis, writer: redis.Redis, prefix: str = "") -> None:
+        self.reader = reader
+        self.writer = writer
+        self.prefix = prefix
+        self._route_script = LuaScript("route.lua")
+
+    @classmethod
+    def from_urls(cls, read_url: str, write_url: str, timeout: float,
+                  max_connections: int) -> RouteStore:
+        reader, prefix = connect(read_url, timeout, max_connections)
+        writer = reader if write_url == read_url else connect(write_url, timeout, max_connections)[0]
+        return cls(reader, writer, prefix)
+
+    def frontend_key(self, host: str) -> str:
+        return f"{self.prefix}frontend:{host}"
+
+    def dead_key(self, host: str) -> str:
+        return f"{self.prefix}dead:{host}"
+
+    def lookup(self, candidates: list[str], host: str) -> Frontend | None:
+        """The first candidate with a non-empty frontend list, with ``dead:<host>``."""
+        keys = [self.frontend_key(c) for c in candidates]
+        keys.append(self.dead_key(host))
+        try:
+            reply = self._route_script(self.reader, keys)
+        except redis.exceptions.RedisError as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+        position = int(reply[0])
+        if position == 0:
+            return None
+        values = [v.decode("utf-8", "replace") for v in reply[1]]
+        dead = frozenset(int(d) for d in reply[2] if d.isdigit())
+        return Frontend(candidates[position - 1], values[0], tuple(values[1:]), dead)
+
+    # Administration (the CLI); the proxy itself only reads.
+
+    def set_frontend(self, host: str, identifier: str, backends: list[str]) -> None:
+        """Replace ``frontend:<host>`` atomically and clear its dead marks (ids change)."""
+        key = self.frontend_key(host)
+        with self.writer.pipeline(transaction=True) as pipe:
+            pipe.delete(key, self.dead_key(host))
+            pipe.rpush(key, identifier, *backends)
+            pipe.execute()
+
+    def get_frontend(self, host: str) -> tuple[list[str], set[int]]:
+        with self.reader.pipeline(transaction=True) as pipe:
+            pipe.lrange(self.frontend_key(host), 0, -1)
+            pipe.smembers(self.dead_key(host))
+            values, dead = pipe.execute()
+        return [v.decode() for v in values], {int(d) for d in dead if d.isdigit()}
+
+    def delete_frontend(self, host: str) -> bool:
+        return bool(self.writer.delete(self.frontend_key(host), self.dead_key(host)))
+
+    def frontend_hosts(self) -> list[str]:
+        pattern = self.frontend_key("*")
+        start = len(self.frontend_key(""))
+        return sorted(k.decode()[start:] for k in self.reader.scan_iter(match=pattern, count=1000))
+
+    def close(self) -> None:
+        self.reader.close()
+        if self.writer is not self.reader:
+            self.writer.close()

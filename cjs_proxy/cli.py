@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shutil
 import sys
@@ -13,6 +14,7 @@ import redis
 
 from . import config
 from .embedded import find_redis_server
+from .healthcheck import HealthChecker, ProbeSettings
 from .store import RouteStore, StoreError, split_driver_url
 
 ADMIN_TIMEOUT = 5.0
@@ -29,7 +31,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+README_TABLE_START = "<!-- settings-table:start -->"
+README_TABLE_END = "<!-- settings-table:end -->"
+
+
+def with_settings_table(readme: str) -> str:
+    """``readme`` with the text between the table markers replaced by the current table."""
+    start = readme.index(README_TABLE_START) + len(README_TABLE_START)
+    end = readme.index(README_TABLE_END)
+    return f"{readme[:start]}\n{config.settings_table()}\n{readme[end:]}"
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
+    if args.readme:
+        path = Path(args.readme)
+        path.write_text(with_settings_table(path.read_text(encoding="utf-8")), encoding="utf-8")
+        return 0
     print(config.settings_table())
     return 0
 
@@ -82,11 +99,26 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health_check(args: argparse.Namespace) -> int:
+    """Run the active health checker (``--rounds N`` for a bounded run)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [health-check] %(levelname)s %(message)s")
+    settings = config.load_settings(args.config)
+    probe_settings = ProbeSettings(path=settings["healthCheck.path"], timeout=settings["healthCheck.timeout"])
+    interval = settings["healthCheck.interval"]
+    # Marks outlive a few missed rounds, never the checker itself.
+    dead_ttl = max(settings["server.deadBackendTTL"], int(3 * interval) + 1)
+    checker = HealthChecker(_store(args), probe_settings, interval, dead_ttl,
+                            concurrency=settings["healthCheck.concurrency"])
+    checker.run_forever(rounds=args.rounds)
+    return 0
+
+
 def cmd_redis_cli(args: argparse.Namespace) -> int:
     """redis-cli connected to the configured store (the embedded one included)."""
     settings = config.load_settings(args.config)
     url, _prefix = split_driver_url(config.driver_urls(settings)[1])
-    binary = shutil.which("redis-cli") or str(Path(find_redis_server(settings["embedded.redisServer"])).with_name("redis-cli"))
+    server_binary = Path(find_redis_server(settings["embedded.redisServer"]))
+    binary = shutil.which("redis-cli") or str(server_binary.with_name("redis-cli"))
     argv = [binary, "-s", url[len("unix://"):]] if url.startswith("unix://") else [binary, "-u", url]
     os.execv(binary, argv + list(args.args))
     return 0  # not reached
@@ -99,8 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="check a config file and exit non-zero if it is broken")
     check.add_argument("path", nargs="?", help="file to check (default: the one the proxy would read)")
     check.set_defaults(func=cmd_check_config)
-    sub.add_parser("settings", help="print the settings table (Markdown)").set_defaults(func=cmd_settings)
-    sub.add_parser("run", help="start the proxy (gunicorn -c etc/gunicorn.py cjs_proxy.wsgi)").set_defaults(func=cmd_run)
+    table = sub.add_parser("settings", help="print the settings table (Markdown)")
+    table.add_argument("--readme", metavar="FILE", help="rewrite the table between the markers in FILE instead")
+    table.set_defaults(func=cmd_settings)
+    run = sub.add_parser("run", help="start the proxy (gunicorn -c etc/gunicorn.py cjs_proxy.wsgi)")
+    run.set_defaults(func=cmd_run)
     add = sub.add_parser("add", help="set a frontend: HOST IDENTIFIER BACKEND_URL...")
     add.add_argument("host")
     add.add_argument("identifier")
@@ -112,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("host")
         cmd.set_defaults(func=func)
     sub.add_parser("list", help="list the hosts that have a frontend").set_defaults(func=cmd_list)
+    health = sub.add_parser("health-check", help="probe every backend and keep dead:<host> marks current")
+    health.add_argument("--rounds", type=int, default=None, help="stop after N rounds (default: run forever)")
+    health.set_defaults(func=cmd_health_check)
     cli = sub.add_parser("redis-cli", help="redis-cli connected to the configured store")
     cli.add_argument("args", nargs=argparse.REMAINDER)
     cli.set_defaults(func=cmd_redis_cli)

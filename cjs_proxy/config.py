@@ -267,6 +267,14 @@ SETTINGS: tuple[Setting, ...] = (
             "unreachable (0 disables)."),
     Setting("server.redisTimeout", 2, number(),
             "Seconds to wait for Redis before the request is answered without it."),
+    Setting("healthCheck.interval", 5, number(),
+            "Seconds between two rounds of `cjs-proxy health-check`."),
+    Setting("healthCheck.timeout", 2, number(),
+            "Seconds a backend has to answer a health probe."),
+    Setting("healthCheck.path", "/", string,
+            "Path of the HTTP GET probe (`http://` backends; others get a TCP connect)."),
+    Setting("healthCheck.concurrency", 500, integer(1),
+            "Probes in flight at once."),
     Setting("embedded.dataDir", "~/.local/state/cjs-proxy/redis", string,
             "Data folder of the embedded redis-server (persistence and its unix socket).",
             is_path=True),
@@ -386,10 +394,10 @@ def _upgrade_legacy(raw: dict[str, Any], path: str | os.PathLike[str]) -> dict[s
     moves = {"port": ("http", "port"), "address": ("http", "bind")}
     for old, (section, new) in moves.items():
         if old in server:
-            raw.setdefault(section, {}).setdefault(new, server.pop(old))
+            _legacy_section(raw, section, path).setdefault(new, server.pop(old))
     if isinstance(server.get("https"), dict):
         legacy_https = server.pop("https")
-        https = raw.setdefault("https", {})
+        https = _legacy_section(raw, "https", path)
         for key, value in legacy_https.items():
             https.setdefault(key, value)
         https.setdefault("bind", https.get("address", ["127.0.0.1"]))
@@ -401,7 +409,8 @@ def _upgrade_legacy(raw: dict[str, Any], path: str | os.PathLike[str]) -> dict[s
             raise ConfigError(path, "redis", f"expected a mapping {{host, port}}, got {_type_name(block)}")
         unknown = set(block) - {"host", "port", "password", "db", "database", "prefix"}
         if unknown:
-            raise ConfigError(path, f"redis.{sorted(unknown)[0]}", "unknown setting (expected host, port, password, db)")
+            raise ConfigError(path, f"redis.{sorted(unknown)[0]}",
+                              "unknown setting (expected host, port, password, db)")
         legacy_redis = {
             "redisHost": block.get("host"), "redisPort": block.get("port"),
             "redisPassword": block.get("password"), "redisDatabase": block.get("db", block.get("database")),
@@ -412,6 +421,15 @@ def _upgrade_legacy(raw: dict[str, Any], path: str | os.PathLike[str]) -> dict[s
             raise ConfigError(path, "driver", "set either 'driver' or the legacy 'redis' settings, not both")
         raw["driver"] = _legacy_driver_url(legacy_redis)
     return raw
+
+
+def _legacy_section(raw: dict[str, Any], name: str, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """``raw[name]`` as a mapping to move legacy keys into (``http:`` left empty is null)."""
+    if raw.get(name) is None:
+        raw[name] = {}
+    if not isinstance(raw[name], dict):
+        raise ConfigError(path, name, f"expected a mapping of settings, got {_type_name(raw[name])}")
+    return raw[name]
 
 
 def _legacy_driver_url(legacy: dict[str, Any]) -> str:

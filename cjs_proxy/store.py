@@ -3,6 +3,8 @@
 Keys (after the driver's ``#prefix``): ``frontend:<host>`` is a list
 ``[identifier, backend_url, ...]``; ``dead:<host>`` is a set of dead backend ids
 (0-based positions after the identifier). A lookup is one EVALSHA of ``lua/route.lua``.
+Dead marks go to the write URL, with a message on channel ``dead``; ``hchecker_ping``
+(unprefixed, as in Hipache) holds the unix time of an external checker's last round.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
+DEAD_CHANNEL = "dead"
+CHECKER_PING_KEY = "hchecker_ping"
+#: An ``hchecker_ping`` older than this means the external checker is gone (Hipache: 30 s).
+CHECKER_PING_FRESH = 30
 
 
 class StoreError(Exception):
@@ -57,6 +63,8 @@ def split_driver_url(url: str) -> tuple[str, str]:
     netloc = parts.netloc
     if parts.scheme in ("redis", "rediss") and not parts.hostname:
         netloc = (netloc.rstrip("@") + "@" if "@" in netloc else "") + "127.0.0.1:6379"
+    if parts.scheme == "unix":  # urlunsplit would give "unix:/path", which redis-py refuses
+        return f"unix://{netloc}{parts.path}" + (f"?{parts.query}" if parts.query else ""), prefix
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")), prefix
 
 
@@ -82,6 +90,7 @@ class RouteStore:
         self.writer = writer
         self.prefix = prefix
         self._route_script = LuaScript("route.lua")
+        self._mark_script = LuaScript("mark_dead.lua")
 
     @classmethod
     def from_urls(cls, read_url: str, write_url: str, timeout: float,
@@ -110,6 +119,53 @@ class RouteStore:
         values = [v.decode("utf-8", "replace") for v in reply[1]]
         dead = frozenset(int(d) for d in reply[2] if d.isdigit())
         return Frontend(candidates[position - 1], values[0], tuple(values[1:]), dead)
+
+    def mark_dead(self, host: str, backend_id: int, backend_url: str, backend_count: int,
+                  ttl: int) -> bool:
+        """Hipache's mark: SADD + EXPIRE ``dead:<host>`` and PUBLISH on ``dead``.
+
+        Returns False when an external checker is alive, which owns the dead sets then.
+        """
+        message = f"{host};{backend_url};{backend_id};{backend_count}"
+        keys = [self.dead_key(host), CHECKER_PING_KEY]
+        try:
+            written = self._mark_script(self.writer, keys,
+                                        (backend_id, ttl, DEAD_CHANNEL, message, CHECKER_PING_FRESH))
+        except redis.exceptions.RedisError as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+        return bool(written)
+
+    # Active health checks (``cjs-proxy health-check``).
+
+    def checker_ping(self, now: int) -> None:
+        self.writer.set(CHECKER_PING_KEY, now)
+
+    def set_dead(self, host: str, dead_ids: set[int], ttl: int) -> None:
+        """Replace ``dead:<host>`` with the checker's view (TTL-bound, in case it dies)."""
+        key = self.dead_key(host)
+        with self.writer.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            if dead_ids:
+                pipe.sadd(key, *sorted(dead_ids))
+                pipe.expire(key, ttl)
+            pipe.execute()
+
+    def publish_dead(self, host: str, backend_id: int, backend_url: str, backend_count: int) -> None:
+        self.writer.publish(DEAD_CHANNEL, f"{host};{backend_url};{backend_id};{backend_count}")
+
+    def all_frontends(self) -> dict[str, list[str]]:
+        """Every ``frontend:`` list (for the checker), read in pipelined batches."""
+        hosts = self.frontend_hosts()
+        result: dict[str, list[str]] = {}
+        for start in range(0, len(hosts), 500):
+            batch = hosts[start:start + 500]
+            with self.reader.pipeline(transaction=False) as pipe:
+                for host in batch:
+                    pipe.lrange(self.frontend_key(host), 0, -1)
+                for host, values in zip(batch, pipe.execute(), strict=True):
+                    if values:
+                        result[host] = [v.decode("utf-8", "replace") for v in values]
+        return result
 
     # Administration (the CLI); the proxy itself only reads.
 

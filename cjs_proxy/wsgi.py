@@ -17,16 +17,16 @@ from urllib.parse import urlsplit
 from . import config
 from .accesslog import AccessEntry, AccessLog
 from .errors import ErrorPages, reason_phrase
-from .exceptions import BadRequest, PayloadTooLarge, ProxyError
+from .exceptions import BackendTimeout, BackendUnavailable, BadRequest, NoLiveBackend, PayloadTooLarge, ProxyError
 from .headers import (
     client_address,
     downstream_response_headers,
+    is_trusted,
     new_request_id,
     parse_networks,
-    is_trusted,
     upstream_request_headers,
 )
-from .health import Backend, choose_backend
+from .health import Backend, BackendHealth
 from .router import Route, Router, normalize_host
 from .store import RouteStore
 from .upstream import RequestBody, Upstream, UpstreamBroken, UpstreamResponse, make_session
@@ -38,13 +38,27 @@ StartResponse = Callable[..., Any]
 PING_HOST = "__ping__"
 #: Redis connections per worker; requests beyond it wait for one (``server.redisTimeout``).
 REDIS_POOL_SIZE = 64
+#: Methods a backend may see twice without harm (RFC 9110 9.2.2).
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 class Exchange:
     """What the log needs to know about one request, filled in as it goes."""
 
-    __slots__ = ("environ", "started", "wall_started", "client_ip", "request_id", "route",
-                 "backend", "upstream_started", "upstream_time", "status", "bytes_sent")
+    __slots__ = (
+        "backend",
+        "bytes_sent",
+        "client_ip",
+        "environ",
+        "request_id",
+        "retries",
+        "route",
+        "started",
+        "status",
+        "upstream_started",
+        "upstream_time",
+        "wall_started",
+    )
 
     def __init__(self, environ: dict[str, Any]) -> None:
         self.environ = environ
@@ -58,20 +72,23 @@ class Exchange:
         self.upstream_time: float | None = None
         self.status = 0
         self.bytes_sent = 0
+        self.retries = 0
 
 
 class ProxyApp:
     """The proxy as a WSGI callable; collaborators are passed in, so tests can swap them."""
 
-    def __init__(self, settings: config.Settings, router: Router, upstream: Upstream,
-                 pages: ErrorPages, access_log: AccessLog) -> None:
+    def __init__(self, settings: config.Settings, router: Router, health: BackendHealth,
+                 upstream: Upstream, pages: ErrorPages, access_log: AccessLog) -> None:
         self.router = router
+        self.health = health
         self.upstream = upstream
         self.pages = pages
         self.access_log = access_log
         self.debug = settings["server.debug"]
         self.max_body = settings["server.maxRequestBodySize"]
         self.trusted = parse_networks(settings["server.trustedProxies"])
+        self.retries = settings["server.retryOnError"]
 
     # ------------------------------------------------------------------ pipeline
 
@@ -95,9 +112,43 @@ class ProxyApp:
         exchange.request_id = self._request_id(environ)
         body = self._request_body(environ)
         exchange.route = self.router.resolve(host)
-        exchange.backend = choose_backend(exchange.route)
-        response = self._forward(exchange, body)
+        response = self._forward_with_retries(exchange, host, body)
         return self._relay(exchange, response, start_response)
+
+    def _forward_with_retries(self, exchange: Exchange, host: str,
+                              body: RequestBody | None) -> UpstreamResponse:
+        """Send to a backend; on a connection failure mark it dead and try another.
+
+        The route is read again before each retry, so the new dead mark (and any
+        change an operator made) is seen. A request is retried only while no backend
+        can have acted on it: the connection failed before anything was sent, or the
+        method is idempotent and has no body.
+        """
+        tried: list[str] = []
+        last_error: BackendUnavailable | None = None
+        while True:
+            assert exchange.route is not None
+            try:
+                exchange.backend = self.health.choose(exchange.route, tried)
+            except NoLiveBackend:
+                if last_error is None:
+                    raise
+                raise last_error from None
+            try:
+                response = self._forward(exchange, body)
+            except BackendUnavailable as exc:
+                self.health.mark_dead(exchange.route, exchange.backend, exc.detail)
+                tried.append(exchange.backend.url)
+                last_error = exc
+                if exchange.retries >= self.retries or not may_retry(exc, exchange, body):
+                    raise
+                exchange.retries += 1
+                log.info("%s: retrying on another backend (%d/%d) after: %s",
+                         host, exchange.retries, self.retries, exc.detail)
+                exchange.route = self.router.resolve(host)
+                continue
+            self.health.check_answer(exchange.route, exchange.backend, response.status, response.headers)
+            return response
 
     def _request_id(self, environ: dict[str, Any]) -> str:
         """A client's ``X-Request-ID`` is kept only from a trusted proxy."""
@@ -108,7 +159,7 @@ class ProxyApp:
 
     def _request_body(self, environ: dict[str, Any]) -> RequestBody | None:
         if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-            return RequestBody(environ["wsgi.input"], None)
+            return RequestBody(environ["wsgi.input"], None, self.max_body)
         length = content_length(environ)
         if self.max_body is not None and length > self.max_body:
             raise PayloadTooLarge(f"declared body of {length} bytes exceeds {self.max_body}")
@@ -248,6 +299,13 @@ class RelayedBody:
 # ------------------------------------------------------------------------ helpers
 
 
+def may_retry(error: BackendUnavailable, exchange: Exchange, body: RequestBody | None) -> bool:
+    if error.before_request:
+        return body is None or body.sent == 0
+    idempotent = exchange.environ.get("REQUEST_METHOD") in IDEMPOTENT
+    return idempotent and body is None and not isinstance(error, BackendTimeout)
+
+
 def request_host(environ: dict[str, Any]) -> str | None:
     """The host asked for: an absolute-form target's authority wins over ``Host`` (RFC 9112 3.2.2)."""
     raw_uri = environ.get("RAW_URI", "")
@@ -303,11 +361,12 @@ def create_app(settings: config.Settings | None = None) -> ProxyApp:
     read_url, write_url = config.driver_urls(settings)
     store = RouteStore.from_urls(read_url, write_url, settings["server.redisTimeout"], REDIS_POOL_SIZE)
     router = Router(store, settings["server.staleRouteTTL"])
+    health = BackendHealth(store, settings["server.deadBackendTTL"], settings["server.deadBackendOn500"])
     tcp_timeout = settings["server.tcpTimeout"]
     upstream = Upstream(make_session(settings["server.maxSockets"]),
                         connect_timeout=settings["server.connectTimeout"] or tcp_timeout,
                         read_timeout=tcp_timeout)
-    return ProxyApp(settings, router, upstream, ErrorPages(settings["server.staticDir"]),
+    return ProxyApp(settings, router, health, upstream, ErrorPages(settings["server.staticDir"]),
                     AccessLog(settings["server.accessLog"]))
 
 

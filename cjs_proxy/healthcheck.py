@@ -1,0 +1,121 @@
+"""Active health checks: ``cjs-proxy health-check``, one per cluster is enough.
+
+Every ``healthCheck.interval`` seconds it probes each distinct backend of every
+frontend in Redis (HTTP GET on ``healthCheck.path`` for ``http://`` backends, a TCP
+connect for others), writes the dead ids of each frontend to ``dead:<host>`` (with a
+TTL, so marks vanish if the checker dies), clears them as soon as a backend answers
+again, publishes newly dead backends on ``dead`` and keeps ``hchecker_ping`` fresh,
+which tells the proxies (and Hipache's) to leave the dead sets to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import gevent
+import gevent.pool
+from gevent import socket as gsocket
+
+from .store import RouteStore
+
+log = logging.getLogger("cjs_proxy.healthcheck")
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    path: str = "/"
+    timeout: float = 2.0
+    #: HTTP statuses at or above this mean the backend is unhealthy.
+    unhealthy_status: int = 500
+
+
+def probe(url: str, settings: ProbeSettings) -> bool:
+    """True when the backend at ``url`` answers in time (and, for HTTP, below 5xx)."""
+    parts = urlsplit(url)
+    default_port = 443 if parts.scheme == "https" else 80
+    try:
+        with gevent.Timeout(settings.timeout):
+            sock = gsocket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port))
+            try:
+                if parts.scheme != "http":
+                    return True  # TCP connect is the whole check for non-HTTP backends
+                request = (f"GET {settings.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                           "User-Agent: cjs-proxy-health-check\r\nConnection: close\r\n\r\n")
+                sock.sendall(request.encode("latin-1"))
+                status_line = sock.recv(64).split(b"\r\n", 1)[0].split()
+            finally:
+                sock.close()
+    except (OSError, gevent.Timeout):
+        return False
+    return len(status_line) >= 2 and status_line[1].isdigit() and int(status_line[1]) < settings.unhealthy_status
+
+
+@dataclass
+class RoundReport:
+    frontends: int = 0
+    backends: int = 0
+    dead: int = 0
+    newly_dead: list[str] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class HealthChecker:
+    """Probes backends concurrently (gevent) and keeps the ``dead:`` sets in line."""
+
+    def __init__(self, store: RouteStore, probe_settings: ProbeSettings, interval: float,
+                 dead_ttl: int, concurrency: int = 500,
+                 prober: Callable[[str, ProbeSettings], bool] = probe) -> None:
+        self.store = store
+        self.probe_settings = probe_settings
+        self.interval = interval
+        self.dead_ttl = dead_ttl
+        self.pool = gevent.pool.Pool(concurrency)
+        self.prober = prober
+        #: host -> dead ids written last round; None until the first round wrote everything.
+        self._dead: dict[str, set[int]] | None = None
+
+    def run_forever(self, rounds: int | None = None) -> None:
+        done = 0
+        while rounds is None or done < rounds:
+            started = time.monotonic()
+            report = self.run_round()
+            log.info("health round: %d frontends, %d backends, %d dead, %.2fs",
+                     report.frontends, report.backends, report.dead, report.seconds)
+            done += 1
+            gevent.sleep(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def run_round(self) -> RoundReport:
+        started = time.monotonic()
+        self.store.checker_ping(int(time.time()))
+        frontends = self.store.all_frontends()
+        urls = sorted({url for values in frontends.values() for url in values[1:]})
+        results = self.pool.imap(lambda url: self.prober(url, self.probe_settings), urls)
+        healthy = dict(zip(urls, results, strict=True))
+        report = RoundReport(frontends=len(frontends), backends=len(urls))
+        previous = self._dead
+        current: dict[str, set[int]] = {}
+        for host, values in frontends.items():
+            backends = values[1:]
+            dead = {i for i, url in enumerate(backends) if not healthy[url]}
+            current[host] = dead
+            before = previous.get(host, set()) if previous is not None else None
+            if dead or before is None or before != dead:
+                self.store.set_dead(host, dead, self.dead_ttl)
+            for i in dead - (before or set()):
+                self.store.publish_dead(host, i, backends[i], len(backends))
+                report.newly_dead.append(f"{host}#{i}")
+            report.recovered += [f"{host}#{i}" for i in (before or set()) - dead]
+            report.dead += len(dead)
+        self._dead = current
+        self.store.checker_ping(int(time.time()))
+        report.seconds = time.monotonic() - started
+        for item in report.newly_dead:
+            log.warning("backend %s is dead", item)
+        for item in report.recovered:
+            log.info("backend %s recovered", item)
+        return report

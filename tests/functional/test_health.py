@@ -1,0 +1,163 @@
+"""Backend health: dead marks shared through Redis, retries, panic mode, active checks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import requests
+
+from tests.harness import Backend, free_port
+
+
+@pytest.fixture()
+def pair(tmp_path):
+    """Two backends this test may kill."""
+    started = [Backend(tmp_path, "left"), Backend(tmp_path, "right")]
+    yield started
+    for backend in started:
+        backend.stop()
+
+
+def get(proxy, host, path="/echo", **kwargs):
+    return requests.get(f"{proxy.url}{path}", headers={"Host": host, **kwargs.pop("headers", {})},
+                        timeout=10, **kwargs)
+
+
+def run_health_check(config_path, rounds=1):
+    return subprocess.run([sys.executable, "-m", "cjs_proxy.cli", "--config", str(config_path),
+                           "health-check", "--rounds", str(rounds)],
+                          capture_output=True, text=True, timeout=60, check=True)
+
+
+def test_killed_backend_costs_no_request_and_is_marked_dead(proxy, pair, rdb, host):
+    pubsub = rdb.pubsub()
+    pubsub.subscribe("dead")
+    rdb.rpush(f"frontend:{host}", "app", pair[0].url, pair[1].url)
+    failures: list[str] = []
+    served = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with requests.Session() as session:
+            for _ in range(400):
+                if stop.is_set():
+                    return
+                try:
+                    response = session.get(f"{proxy.url}/echo", headers={"Host": host}, timeout=10)
+                    served.append(response.json()["server"])
+                    if response.status_code != 200:
+                        failures.append(str(response.status_code))
+                except requests.RequestException as exc:
+                    failures.append(repr(exc))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    pair[0].stop()
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+
+    assert failures == []
+    assert "left" in served and served[-20:] == ["right"] * 20
+    assert rdb.smembers(f"dead:{host}") == {"0"}
+    assert 0 < rdb.ttl(f"dead:{host}") <= 30
+    messages = [m["data"] for m in iter(lambda: pubsub.get_message(timeout=1), None) if m["type"] == "message"]
+    assert f"{host};{pair[0].url};0;2" in messages
+
+
+def test_dead_mark_is_shared_with_another_proxy(proxy, make_proxy, pair, rdb, host):
+    rdb.rpush(f"frontend:{host}", "app", pair[0].url, pair[1].url)
+    pair[0].stop()
+    for _ in range(10):  # until the first proxy has met the dead backend and marked it
+        assert get(proxy, host).status_code == 200
+        if rdb.sismember(f"dead:{host}", 0):
+            break
+    assert rdb.sismember(f"dead:{host}", 0)
+
+    second = make_proxy()
+    for _ in range(20):
+        response = get(second, host, headers={"X-Debug": "1"})
+        assert response.status_code == 200
+        assert response.headers["x-debug-backend-id"] == "1"
+    assert "retrying" not in second.log()  # it never even tried the dead backend
+
+
+def test_only_backend_down_answers_502_at_once_and_is_never_marked(proxy, rdb, host):
+    rdb.rpush(f"frontend:{host}", "app", f"http://127.0.0.1:{free_port()}")
+    started = time.monotonic()
+    response = get(proxy, host)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 502
+    assert "<title>Application unavailable</title>" in response.text
+    assert elapsed < 1.0  # a refused connection is not waited on (tcpTimeout is 5 s here)
+    assert not rdb.exists(f"dead:{host}")
+
+
+@pytest.mark.parametrize(("path", "marked"), [
+    ("/status/502", True),
+    ("/status/500", True),  # server.deadBackendOn500 defaults to true
+    ("/status/503", True),
+    ("/status/503?retry_after=30", False),  # maintenance, not death
+    ("/status/404", False),
+    ("/status/501", True),
+    ("/status/504", True),
+])
+def test_backend_answers_that_mark_dead(proxy, backends, rdb, host, path, marked):
+    rdb.rpush(f"frontend:{host}", "app", backends[0].url, backends[1].url)
+    rdb.sadd(f"dead:{host}", 1)  # so the request surely goes to backend 0
+    response = get(proxy, host, path)
+    assert response.status_code == int(path.split("/")[2][:3])  # relayed as is
+    assert bool(rdb.sismember(f"dead:{host}", 0)) is marked
+
+
+def test_every_backend_marked_dead_still_serves_panic_mode(proxy, backends, rdb, host):
+    rdb.rpush(f"frontend:{host}", "app", backends[0].url, backends[1].url)
+    rdb.sadd(f"dead:{host}", 0, 1)
+    for _ in range(5):
+        assert get(proxy, host).status_code == 200
+
+
+def test_post_with_body_is_retried_when_the_connection_was_refused(proxy, backends, rdb, host):
+    dead_url = f"http://127.0.0.1:{free_port()}"
+    rdb.rpush(f"frontend:{host}", "app", dead_url, backends[0].url)
+    for _ in range(6):  # random choice: some of these meet the refused backend first
+        response = requests.post(f"{proxy.url}/echo", data=b"x" * 100_000, headers={"Host": host}, timeout=10)
+        assert response.status_code == 200
+        assert response.json()["body_length"] == 100_000
+
+
+def test_fresh_external_checker_means_publish_only(proxy, backends, rdb, host):
+    rdb.set("hchecker_ping", int(time.time()))
+    pubsub = rdb.pubsub()
+    pubsub.subscribe("dead")
+    rdb.rpush(f"frontend:{host}", "app", backends[0].url, backends[1].url)
+    rdb.sadd(f"dead:{host}", 1)
+    assert get(proxy, host, "/status/502").status_code == 502
+    assert rdb.smembers(f"dead:{host}") == {"1"}  # not written by the proxy
+    messages = [m["data"] for m in iter(lambda: pubsub.get_message(timeout=1), None) if m["type"] == "message"]
+    assert f"{host};{backends[0].url};0;2" in messages
+
+
+def test_health_check_marks_down_backends_and_recovers_them(proxy, pair, rdb, host):
+    rdb.rpush(f"frontend:{host}", "app", pair[0].url, pair[1].url)
+    port = pair[0].port
+    pair[0].stop()
+    run_health_check(proxy.config_path)
+    assert rdb.smembers(f"dead:{host}") == {"0"}
+    assert rdb.ttl(f"dead:{host}") > 0
+    assert abs(int(rdb.get("hchecker_ping")) - time.time()) < 10
+    for _ in range(10):  # the proxy follows the checker's marks
+        assert get(proxy, host).json()["server"] == "right"
+
+    pair[0] = Backend(pair[0].log_path.parent, "left", port=port)
+    run_health_check(proxy.config_path)
+    assert not rdb.exists(f"dead:{host}")
+    seen = {get(proxy, host).json()["server"] for _ in range(30)}
+    assert seen == {"left", "right"}

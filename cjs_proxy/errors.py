@@ -39,7 +39,8 @@ class ErrorPages:
         self.folder = Path(folder) if folder else bundled_dir()
         self.pages: dict[str, bytes] = {}
         if self.folder and self.folder.is_dir():
-            for path in self.folder.glob("*.html"):
+            # Hipache's names first, so ``<status>.html`` wins when both exist.
+            for path in sorted(self.folder.glob("*.html"), key=lambda p: not p.name.startswith("error_")):
                 self.pages[path.stem.removeprefix("error_")] = path.read_bytes()
 
     def render(self, status: int, detail: str) -> tuple[str, bytes]:

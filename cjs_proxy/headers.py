@@ -57,15 +57,26 @@ def is_trusted(address: str, trusted: tuple) -> bool:
     return any(ip in net for net in trusted)
 
 
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
 def client_address(environ: Mapping[str, Any], trusted: tuple) -> str:
     """The client's IP: the TCP peer, or behind trusted proxies the rightmost untrusted hop."""
     peer = environ.get("REMOTE_ADDR", "") or "-"
     if not trusted or not is_trusted(peer, trusted):
         return peer
     forwarded = [a.strip() for a in environ.get("HTTP_X_FORWARDED_FOR", "").split(",") if a.strip()]
+    last_hop = peer
     for address in reversed(forwarded):
         if not is_trusted(address, trusted):
-            return address
+            # Not an address (forged or "unknown"): stop at the last trusted hop, as nginx does.
+            return address if _is_ip(address) else last_hop
+        last_hop = address
     return forwarded[0] if forwarded else peer
 
 

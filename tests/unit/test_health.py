@@ -1,0 +1,186 @@
+"""Backend choice among live backends, the dead-answer rule and the dead-marking policy."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from cjs_proxy.exceptions import NoLiveBackend
+from cjs_proxy.health import Backend, BackendHealth, choose_backend, is_dead_answer, live_backends
+from cjs_proxy.router import Route
+from cjs_proxy.store import Frontend, StoreError
+
+URLS = ("http://10.0.0.1:80", "http://10.0.0.2:80", "http://10.0.0.3:80")
+
+
+def route(backends: tuple[str, ...] = URLS, dead: set[int] | None = None,
+          host: str = "app.example") -> Route:
+    return Route(host, Frontend(host, "app", backends, frozenset(dead or ())))
+
+
+# ------------------------------------------------------------------ choose_backend
+
+
+def test_live_backends_skip_dead_ids() -> None:
+    assert live_backends(route(dead={1})) == [Backend(0, URLS[0]), Backend(2, URLS[2])]
+
+
+def test_live_backends_ignore_dead_ids_out_of_range() -> None:
+    assert len(live_backends(route(dead={7}))) == 3
+
+
+@pytest.mark.parametrize("dead", [{0}, {1}, {2}, {0, 1}, {0, 2}, {1, 2}])
+def test_choose_never_returns_a_dead_id(dead: set[int]) -> None:
+    rng = random.Random(1)
+    r = route(dead=dead)
+    for _ in range(300):
+        backend, panic = choose_backend(r, rng)
+        assert backend.id not in dead
+        assert backend.url == URLS[backend.id]
+        assert panic is False
+
+
+def test_single_live_backend_is_always_chosen() -> None:
+    r = route(dead={0, 2})
+    assert {choose_backend(r, random.Random(seed))[0] for seed in range(20)} == {Backend(1, URLS[1])}
+
+
+def test_no_backends_raise_no_live_backend() -> None:
+    with pytest.raises(NoLiveBackend) as info:
+        choose_backend(route(backends=()))
+    assert info.value.status == 502
+
+
+def test_all_dead_tries_them_anyway_in_panic_mode() -> None:
+    rng = random.Random(3)
+    r = route(dead={0, 1, 2})
+    seen = set()
+    for _ in range(100):
+        backend, panic = choose_backend(r, rng)
+        assert panic is True
+        seen.add(backend.id)
+    assert seen == {0, 1, 2}
+
+
+def test_all_dead_and_all_tried_raise_no_live_backend() -> None:
+    with pytest.raises(NoLiveBackend):
+        choose_backend(route(dead={0, 1, 2}), random.Random(0), tried=set(URLS))
+
+
+def test_tried_backends_are_skipped() -> None:
+    rng = random.Random(5)
+    for _ in range(50):
+        backend, _ = choose_backend(route(), rng, tried={URLS[0], URLS[2]})
+        assert backend == Backend(1, URLS[1])
+
+
+def test_live_but_all_tried_raises_even_if_dead_ones_remain() -> None:
+    # Backend 2 is dead and untried, but not every backend is dead: no panic mode.
+    with pytest.raises(NoLiveBackend):
+        choose_backend(route(dead={2}), random.Random(0), tried={URLS[0], URLS[1]})
+
+
+@pytest.mark.parametrize(("backends", "dead", "live"), [
+    (URLS[:2], set(), (0, 1)),
+    (URLS, {1}, (0, 2)),
+])
+def test_two_live_backends_share_the_load_evenly(backends: tuple[str, ...], dead: set[int],
+                                                 live: tuple[int, int]) -> None:
+    rng = random.Random(12345)
+    r = route(backends=backends, dead=dead)
+    counts = Counter(choose_backend(r, rng)[0].id for _ in range(2000))
+    assert set(counts) == set(live)
+    for backend_id in live:
+        assert 800 <= counts[backend_id] <= 1200, counts  # 40% to 60%
+
+
+def test_three_live_backends_are_all_used() -> None:
+    rng = random.Random(7)
+    counts = Counter(choose_backend(route(), rng)[0].id for _ in range(3000))
+    assert set(counts) == {0, 1, 2}
+    assert min(counts.values()) > 800
+
+
+# ------------------------------------------------------------------ is_dead_answer
+
+
+@pytest.mark.parametrize(("status", "dead"), [
+    (200, False), (301, False), (404, False), (499, False),
+    (501, True), (502, True), (504, True), (505, True), (599, True),
+    (600, False),
+])
+def test_dead_answers(status: int, dead: bool) -> None:
+    assert is_dead_answer(status, [], dead_on_500=True) is dead
+
+
+def test_500_depends_on_the_setting() -> None:
+    assert is_dead_answer(500, [], dead_on_500=True) is True
+    assert is_dead_answer(500, [], dead_on_500=False) is False
+
+
+def test_503_with_retry_after_is_maintenance() -> None:
+    assert is_dead_answer(503, [("Retry-After", "120")], dead_on_500=True) is False
+    assert is_dead_answer(503, [("retry-after", "120")], dead_on_500=True) is False
+    assert is_dead_answer(503, [("Content-Type", "text/html")], dead_on_500=True) is True
+
+
+# ------------------------------------------------------------------ BackendHealth
+
+
+class FakeStore:
+    def __init__(self, written: bool = True, error: StoreError | None = None) -> None:
+        self.written = written
+        self.error = error
+        self.marks: list[tuple[str, int, str, int, int]] = []
+
+    def mark_dead(self, host: str, backend_id: int, backend_url: str, backend_count: int,
+                  ttl: int) -> bool:
+        if self.error:
+            raise self.error
+        self.marks.append((host, backend_id, backend_url, backend_count, ttl))
+        return self.written
+
+
+def health(store: FakeStore, dead_on_500: bool = True) -> BackendHealth:
+    return BackendHealth(store, dead_ttl=30, dead_on_500=dead_on_500,  # type: ignore[arg-type]
+                         rng=random.Random(0), clock=lambda: 100.0)
+
+
+def test_mark_dead_writes_for_the_requested_host() -> None:
+    store = FakeStore()
+    r = Route("x.app.example", Frontend("*.app.example", "app", URLS, frozenset()))
+    health(store).mark_dead(r, Backend(1, URLS[1]), "connection refused")
+    assert store.marks == [("x.app.example", 1, URLS[1], 3, 30)]
+
+
+def test_only_backend_is_never_marked() -> None:
+    store = FakeStore()
+    r = route(backends=URLS[:1])
+    health(store).mark_dead(r, Backend(0, URLS[0]), "connection refused")
+    assert store.marks == []
+
+
+def test_store_error_while_marking_is_not_raised() -> None:
+    store = FakeStore(error=StoreError("down"))
+    health(store).mark_dead(route(), Backend(0, URLS[0]), "timeout")
+
+
+@pytest.mark.parametrize(("status", "headers", "dead_on_500", "marked"), [
+    (502, [], True, True),
+    (200, [], True, False),
+    (500, [], False, False),
+    (500, [], True, True),
+    (503, [("Retry-After", "5")], True, False),
+])
+def test_check_answer(status: int, headers: list[tuple[str, str]], dead_on_500: bool,
+                      marked: bool) -> None:
+    store = FakeStore()
+    health(store, dead_on_500).check_answer(route(), Backend(2, URLS[2]), status, headers)
+    assert bool(store.marks) is marked
+
+
+def test_choose_in_panic_mode_returns_a_backend() -> None:
+    backend = health(FakeStore()).choose(route(dead={0, 1, 2}))
+    assert backend.id in (0, 1, 2)

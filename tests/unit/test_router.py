@@ -1,0 +1,268 @@
+"""Host normalisation, Hipache's lookup order, and the last-good-route fallback."""
+
+from __future__ import annotations
+
+import pytest
+
+from cjs_proxy import router as router_module
+from cjs_proxy.exceptions import BadRequest, InvalidHost, StoreUnavailable, UnknownHost
+from cjs_proxy.router import Route, Router, lookup_candidates, normalize_host
+from cjs_proxy.store import Frontend, StoreError
+
+# ------------------------------------------------------------------ normalize_host
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("example.com", "example.com"),
+    ("example.com:8080", "example.com"),
+    ("example.com:80", "example.com"),
+    ("EXAMPLE.com", "example.com"),  # Hipache lowercased only with a port: a bug
+    ("A.EXAMPLE", "a.example"),
+    ("A.EXAMPLE:80", "a.example"),
+    ("example.com.", "example.com"),
+    ("Example.COM.:443", "example.com"),
+    ("localhost", "localhost"),
+    ("127.0.0.1:8080", "127.0.0.1"),
+    ("[::1]:8080", "[::1]"),
+    ("[::1]", "[::1]"),
+    ("[2001:DB8::1]:443", "[2001:db8::1]"),
+    ("my_app-1.example", "my_app-1.example"),
+    ("__ping__", "__ping__"),
+    ("  spaced.example  ", "spaced.example"),
+    ("a" * 63 + ".example", "a" * 63 + ".example"),
+])
+def test_normalize_host(raw: str, expected: str) -> None:
+    assert normalize_host(raw) == expected
+
+
+@pytest.mark.parametrize("raw", [
+    None,
+    "",
+    "   ",
+    "a,b",
+    "a.example, b.example",  # gunicorn joins repeated Host headers with commas
+    "bad host",
+    "a..b",
+    ".",
+    ".example.com",
+    "host:port:x",
+    "host:abc",
+    "host:",
+    "host:123456",
+    "a" * 64,
+    "a" * 64 + ".example",
+    "-leading.example",
+    "trailing-.example",
+    "exa*mple.com",
+    "*",
+    "*.example.com",
+    "user@example.com",
+    "example.com/path",
+    "[::1",
+    "[not-ipv6]",
+    "[::1]x",
+    "[::1]:abc",
+    "::1",
+    ("a." * 127) + "aa",  # 256 characters
+])
+def test_normalize_host_rejects(raw: str | None) -> None:
+    with pytest.raises(InvalidHost):
+        normalize_host(raw)
+
+
+def test_invalid_host_is_a_400() -> None:
+    with pytest.raises(BadRequest) as info:
+        normalize_host("bad host")
+    assert info.value.status == 400
+    assert "bad host" in info.value.detail
+
+
+def test_normalize_host_is_idempotent() -> None:
+    once = normalize_host("Foo.Example.:8080")
+    assert normalize_host(once) == once
+
+
+# --------------------------------------------------------------- lookup_candidates
+
+
+@pytest.mark.parametrize(("host", "expected"), [
+    ("a.b.c", ["a.b.c", "*.b.c", "*.c", "*"]),
+    ("www.example.com", ["www.example.com", "*.example.com", "*.com", "*"]),
+    ("example.com", ["example.com", "*.com", "*"]),
+    ("localhost", ["localhost", "*"]),
+    ("[::1]", ["[::1]", "*"]),
+])
+def test_lookup_candidates(host: str, expected: list[str]) -> None:
+    assert lookup_candidates(host) == expected
+
+
+def test_lookup_candidates_are_bounded_to_five_labels() -> None:
+    candidates = lookup_candidates("too.deep.foo.bar.baz.qux.quux")
+    assert candidates == [
+        "too.deep.foo.bar.baz.qux.quux",
+        "*.foo.bar.baz.qux.quux",
+        "*.bar.baz.qux.quux",
+        "*.baz.qux.quux",
+        "*.qux.quux",
+        "*.quux",
+        "*",
+    ]
+    assert "*.deep.foo.bar.baz.qux.quux" not in candidates
+
+
+def test_lookup_candidates_six_labels_reach_the_five_label_wildcard() -> None:
+    assert lookup_candidates("a.b.c.d.e.f")[1] == "*.b.c.d.e.f"
+
+
+def test_lookup_candidates_for_a_very_long_host_stay_short() -> None:
+    host = ".".join(["x"] * 100)
+    candidates = lookup_candidates(host)
+    assert len(candidates) == 1 + router_module.MAX_WILDCARD_LABELS + 1
+    assert max(len(c.split(".")) - 1 for c in candidates[1:]) == router_module.MAX_WILDCARD_LABELS
+
+
+def test_wildcard_does_not_match_its_own_suffix() -> None:
+    # `*.foo` matches `bar.foo` but not `foo`
+    assert "*.foo" in lookup_candidates("bar.foo")
+    assert "*.foo" not in lookup_candidates("foo")
+
+
+# -------------------------------------------------------------------------- Router
+
+
+def frontend(key: str = "app.example", identifier: str = "app",
+             backends: tuple[str, ...] = ("http://127.0.0.1:1",)) -> Frontend:
+    return Frontend(key, identifier, backends, frozenset())
+
+
+class FakeStore:
+    """Answers ``lookup`` from a script: a Frontend, None, or a StoreError to raise."""
+
+    def __init__(self, answer: Frontend | StoreError | None = None) -> None:
+        self.answer = answer
+        self.calls: list[tuple[list[str], str]] = []
+
+    def lookup(self, candidates: list[str], host: str,
+               limit_args: tuple[str, ...] | None = None) -> tuple[Frontend, None] | None:
+        self.calls.append((candidates, host))
+        if isinstance(self.answer, StoreError):
+            raise self.answer
+        return None if self.answer is None else (self.answer, None)
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_router(store: FakeStore, stale_ttl: float = 60, clock: FakeClock | None = None) -> Router:
+    return Router(store, stale_ttl, clock=clock or FakeClock())  # type: ignore[arg-type]
+
+
+def test_resolve_returns_the_store_frontend() -> None:
+    found = frontend("*.example", "wild", ("http://a", "http://b"))
+    store = FakeStore(found)
+    route = make_router(store).resolve("app.example")
+    assert route == Route("app.example", found)
+    assert route.identifier == "wild"
+    assert route.backends == ("http://a", "http://b")
+
+
+def test_resolve_asks_the_store_for_hipache_candidates() -> None:
+    store = FakeStore(frontend())
+    make_router(store).resolve("x.app.example")
+    assert store.calls == [(["x.app.example", "*.app.example", "*.example", "*"], "x.app.example")]
+
+
+def test_unknown_host_raises_unknown_host() -> None:
+    with pytest.raises(UnknownHost) as info:
+        make_router(FakeStore(None)).resolve("nobody.example")
+    assert info.value.status == 400
+    assert "nobody.example" in info.value.detail
+
+
+def test_store_error_without_history_is_store_unavailable() -> None:
+    with pytest.raises(StoreUnavailable) as info:
+        make_router(FakeStore(StoreError("ConnectionError: refused"))).resolve("app.example")
+    assert info.value.status == 503
+    assert "refused" in info.value.detail
+
+
+def test_store_error_serves_a_recent_route() -> None:
+    clock = FakeClock()
+    store = FakeStore(frontend())
+    router = make_router(store, stale_ttl=60, clock=clock)
+    good = router.resolve("app.example")
+    store.answer = StoreError("down")
+    clock.now += 59
+    stale = router.resolve("app.example")
+    assert stale.frontend == good.frontend
+    assert stale.stale and not good.stale
+
+
+def test_store_error_after_stale_ttl_is_store_unavailable() -> None:
+    clock = FakeClock()
+    store = FakeStore(frontend())
+    router = make_router(store, stale_ttl=60, clock=clock)
+    router.resolve("app.example")
+    store.answer = StoreError("down")
+    clock.now += 61
+    with pytest.raises(StoreUnavailable):
+        router.resolve("app.example")
+
+
+def test_stale_route_age_counts_from_the_last_success() -> None:
+    clock = FakeClock()
+    store = FakeStore(frontend())
+    router = make_router(store, stale_ttl=60, clock=clock)
+    router.resolve("app.example")
+    clock.now += 50
+    router.resolve("app.example")  # refreshed
+    store.answer = StoreError("down")
+    clock.now += 50  # 100 s after the first success, 50 after the last
+    assert router.resolve("app.example").host == "app.example"
+
+
+def test_stale_route_is_per_host() -> None:
+    store = FakeStore(frontend())
+    router = make_router(store)
+    router.resolve("app.example")
+    store.answer = StoreError("down")
+    with pytest.raises(StoreUnavailable):
+        router.resolve("other.example")
+
+
+def test_stale_ttl_zero_disables_remembering() -> None:
+    store = FakeStore(frontend())
+    router = make_router(store, stale_ttl=0)
+    router.resolve("app.example")
+    store.answer = StoreError("down")
+    with pytest.raises(StoreUnavailable):
+        router.resolve("app.example")
+
+
+def test_unknown_host_forgets_the_remembered_route() -> None:
+    store = FakeStore(frontend())
+    router = make_router(store)
+    router.resolve("app.example")
+    store.answer = None
+    with pytest.raises(UnknownHost):
+        router.resolve("app.example")
+    store.answer = StoreError("down")
+    with pytest.raises(StoreUnavailable):
+        router.resolve("app.example")
+
+
+def test_stale_routes_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(router_module, "STALE_ROUTES_MAX", 3)
+    store = FakeStore(frontend())
+    router = make_router(store)
+    for name in ("a", "b", "c", "d"):
+        router.resolve(f"{name}.example")
+    store.answer = StoreError("down")
+    with pytest.raises(StoreUnavailable):
+        router.resolve("a.example")  # the oldest was dropped
+    assert router.resolve("d.example").host == "d.example"

@@ -131,6 +131,59 @@ def cidrs(value: Any) -> list[str]:
 cidrs.type_name = "list of CIDR"  # type: ignore[attr-defined]
 
 
+def limit(value: Any) -> dict[str, float]:
+    """A rate limit: ``{rate: requests per second, burst: requests at once}``."""
+    if not isinstance(value, dict):
+        raise ValueError(f"expected {{rate, burst}}, got {_type_name(value)} {value!r}")
+    unknown = set(value) - {"rate", "burst"}
+    if unknown:
+        raise ValueError(f"unknown key {sorted(unknown)[0]!r} (expected rate, burst)")
+    if "rate" not in value:
+        raise ValueError("'rate' (requests per second) is required")
+    rate = number()(value["rate"])
+    burst = integer(1)(value.get("burst", max(1, int(rate))))
+    return {"rate": rate, "burst": burst}
+
+
+limit.type_name = "{rate, burst}"  # type: ignore[attr-defined]
+
+
+def tiers(value: Any) -> dict[str, dict[str, Any]]:
+    """Service tiers: name -> ``{rate, burst, perIp: {rate, burst}, enforce}``; ``default`` is required."""
+    if not isinstance(value, dict) or not value:
+        raise ValueError(f"expected a mapping of tier names to {{rate, burst}}, got {value!r}")
+    if "default" not in value:
+        raise ValueError("a 'default' tier is required (it applies to frontends without tier:<host>)")
+    result = {}
+    for name, spec in value.items():
+        if not isinstance(name, str) or not name or any(c in name for c in "|;\n"):
+            raise ValueError(f"tier name {name!r} must be a non-empty string without '|' or ';'")
+        if not isinstance(spec, dict):
+            raise ValueError(f"{name}: expected {{rate, burst, perIp, enforce}}, got {spec!r}")
+        extra = {k: spec[k] for k in ("perIp", "enforce") if k in spec}
+        try:
+            tier = limit({k: v for k, v in spec.items() if k not in extra})
+            tier["perIp"] = limit(extra["perIp"]) if extra.get("perIp") is not None else None
+            tier["enforce"] = boolean(extra.get("enforce", True))
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+        result[name] = tier
+    return result
+
+
+tiers.type_name = "tiers"  # type: ignore[attr-defined]
+
+
+def choice(*options: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}, got {value!r}")
+        return value
+
+    check.type_name = " or ".join(options)  # type: ignore[attr-defined]
+    return check
+
+
 def binds(value: Any) -> list[dict[str, Any]]:
     """Hipache's ``bind``: an address, a list of addresses, or ``{address, port}`` objects.
 
@@ -267,6 +320,20 @@ SETTINGS: tuple[Setting, ...] = (
             "unreachable (0 disables)."),
     Setting("server.redisTimeout", 2, number(),
             "Seconds to wait for Redis before the request is answered without it."),
+    Setting("rateLimit.enabled", False, boolean,
+            "Apply the per-IP and per-tier request limits (one Redis round trip with the route)."),
+    Setting("rateLimit.onError", "open", choice("open", "closed"),
+            "When Redis cannot decide: `open` lets requests through, `closed` answers 503."),
+    Setting("rateLimit.headers", True, boolean,
+            "Send `RateLimit`/`RateLimit-Policy` on allowed responses too (always on 429)."),
+    Setting("rateLimit.perIp", {"rate": 100, "burst": 200}, optional(limit),
+            "Limit for each client IP on each frontend (`rate` per second, `burst` at once); "
+            "a tier's own `perIp` replaces it."),
+    Setting("rateLimit.globalPerIp", None, optional(limit),
+            "Limit for each client IP across all frontends; null disables it."),
+    Setting("rateLimit.tiers", {"default": {"rate": 50, "burst": 100}}, tiers,
+            "Service tiers by name: `{rate, burst, perIp, enforce}` per frontend; `tier:<host>` "
+            "in Redis picks one, `default` applies otherwise; `enforce: false` only counts and logs."),
     Setting("healthCheck.interval", 5, number(),
             "Seconds between two rounds of `cjs-proxy health-check`."),
     Setting("healthCheck.timeout", 2, number(),

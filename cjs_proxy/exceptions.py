@@ -22,6 +22,8 @@ class ProxyError(Exception):
     def __init__(self, detail: str | None = None) -> None:
         super().__init__(detail or self.reason)
         self.detail = detail or self.reason
+        #: Extra response headers for this answer (``Retry-After``, ``RateLimit``...).
+        self.headers: list[tuple[str, str]] = []
 
 
 class BadRequest(ProxyError):
@@ -106,3 +108,17 @@ class StoreUnavailable(ProxyError):
 
     status = 503
     reason = "Routing store unavailable"
+
+
+class RateLimited(ProxyError):
+    """A client IP or the frontend's tier is over its limit; the backend is not asked."""
+
+    status = 429
+    reason = "Too many requests"
+
+
+class LimiterUnavailable(ProxyError):
+    """Redis cannot decide the rate limits and ``rateLimit.onError`` is ``closed``."""
+
+    status = 503
+    reason = "Rate limiter unavailable"

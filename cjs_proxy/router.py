@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .exceptions import InvalidHost, StoreUnavailable, UnknownHost
-from .store import Frontend, RouteStore, StoreError
+from .store import Frontend, LimitVerdict, RouteStore, StoreError
 
 log = logging.getLogger("cjs_proxy.router")
 
@@ -69,6 +69,10 @@ class Route:
 
     host: str
     frontend: Frontend
+    #: The rate limiter's verdict when limits were applied; None otherwise (or when stale).
+    limit: LimitVerdict | None = None
+    #: True when Redis was unreachable and this is the host's last good route.
+    stale: bool = False
 
     @property
     def identifier(self) -> str:
@@ -89,15 +93,16 @@ class Router:
         self.clock = clock
         self._last_good: dict[str, tuple[Route, float]] = {}
 
-    def resolve(self, host: str) -> Route:
+    def resolve(self, host: str, limit_args: tuple[str, ...] | None = None) -> Route:
+        """The host's route; with ``limit_args``, rate limits are applied in the same call."""
         try:
-            frontend = self.store.lookup(lookup_candidates(host), host)
+            found = self.store.lookup(lookup_candidates(host), host, limit_args)
         except StoreError as exc:
             return self._stale_route(host, exc)
-        if frontend is None:
+        if found is None:
             self._last_good.pop(host, None)
             raise UnknownHost(f"no frontend for {host!r}")
-        route = Route(host, frontend)
+        route = Route(host, found[0], found[1])
         self._remember(route)
         return route
 
@@ -113,6 +118,6 @@ class Router:
         remembered = self._last_good.get(host)
         if remembered and self.clock() - remembered[1] <= self.stale_ttl:
             log.warning("redis unreachable (%s); serving %s from its last good route", error, host)
-            return remembered[0]
+            return Route(host, remembered[0].frontend, stale=True)
         log.error("redis unreachable (%s); cannot route %s", error, host)
         raise StoreUnavailable(f"routing store unreachable: {error}")

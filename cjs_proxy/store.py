@@ -37,6 +37,28 @@ class Frontend:
     dead: frozenset[int]
 
 
+@dataclass(frozen=True)
+class LimitVerdict:
+    """The rate limiter's answer for one request, decided in the route lookup's script.
+
+    ``policy`` names the binding limit (the tier, ``ip`` or ``global-ip``): the one that
+    refused, or the one with the fewest requests left; ``quota``/``window`` describe it
+    (``burst`` requests, refilled in ``window`` seconds), ``remaining`` and ``reset``
+    (seconds) its state after this request.
+    """
+
+    tier: str
+    allowed: bool
+    shadow_limited: bool
+    policy: str
+    quota: int
+    window: int
+    remaining: int
+    reset: int
+    retry_after_ms: int
+    tier_known: bool
+
+
 class LuaScript:
     """A script from ``lua/``, called by EVALSHA and loaded again on NOSCRIPT.
 
@@ -82,6 +104,15 @@ def connect(url: str, timeout: float, max_connections: int) -> tuple[redis.Redis
     return redis.Redis(connection_pool=pool), prefix
 
 
+def _limit_verdict(reply: list) -> LimitVerdict:
+    tier, verdict, policy, quota, window, remaining, reset, retry_ms, known = reply
+    return LimitVerdict(
+        tier=tier.decode(), allowed=int(verdict) != 0, shadow_limited=int(verdict) == 2,
+        policy=policy.decode() if isinstance(policy, bytes) else str(policy),
+        quota=int(quota), window=int(window), remaining=int(remaining), reset=int(reset),
+        retry_after_ms=int(retry_ms), tier_known=bool(int(known)))
+
+
 class RouteStore:
     """Reads frontends and dead sets; later stages add the writes (dead marks)."""
 
@@ -105,12 +136,19 @@ class RouteStore:
     def dead_key(self, host: str) -> str:
         return f"{self.prefix}dead:{host}"
 
-    def lookup(self, candidates: list[str], host: str) -> Frontend | None:
-        """The first candidate with a non-empty frontend list, with ``dead:<host>``."""
+    def lookup(self, candidates: list[str], host: str,
+               limit_args: tuple[str, ...] | None = None) -> tuple[Frontend, LimitVerdict | None] | None:
+        """The first candidate with a non-empty frontend list, with ``dead:<host>``.
+
+        With ``limit_args`` (see ``lua/route.lua``) the same call applies the rate
+        limits; it then runs on the write connection, since it updates counters.
+        """
         keys = [self.frontend_key(c) for c in candidates]
         keys.append(self.dead_key(host))
+        args = ("1", self.prefix, *limit_args) if limit_args is not None else ("0",)
+        client = self.writer if limit_args is not None else self.reader
         try:
-            reply = self._route_script(self.reader, keys)
+            reply = self._route_script(client, keys, args)
         except redis.exceptions.RedisError as exc:
             raise StoreError(f"{type(exc).__name__}: {exc}") from exc
         position = int(reply[0])
@@ -118,7 +156,8 @@ class RouteStore:
             return None
         values = [v.decode("utf-8", "replace") for v in reply[1]]
         dead = frozenset(int(d) for d in reply[2] if d.isdigit())
-        return Frontend(candidates[position - 1], values[0], tuple(values[1:]), dead)
+        frontend = Frontend(candidates[position - 1], values[0], tuple(values[1:]), dead)
+        return frontend, (_limit_verdict(reply[3:]) if limit_args is not None else None)
 
     def mark_dead(self, host: str, backend_id: int, backend_url: str, backend_count: int,
                   ttl: int) -> bool:

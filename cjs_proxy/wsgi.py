@@ -8,6 +8,7 @@ router, upstream pools and log are built once per worker, never at import time.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -27,6 +28,7 @@ from .headers import (
     upstream_request_headers,
 )
 from .health import Backend, BackendHealth
+from .ratelimit import RateLimiter
 from .router import Route, Router, normalize_host
 from .store import RouteStore
 from .upstream import RequestBody, Upstream, UpstreamBroken, UpstreamResponse, make_session
@@ -38,6 +40,8 @@ StartResponse = Callable[..., Any]
 PING_HOST = "__ping__"
 #: Redis connections per worker; requests beyond it wait for one (``server.redisTimeout``).
 REDIS_POOL_SIZE = 64
+#: What a forwarded ``X-Request-ID`` may look like (it is logged unquoted).
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 #: Methods a backend may see twice without harm (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
@@ -78,9 +82,10 @@ class Exchange:
 class ProxyApp:
     """The proxy as a WSGI callable; collaborators are passed in, so tests can swap them."""
 
-    def __init__(self, settings: config.Settings, router: Router, health: BackendHealth,
-                 upstream: Upstream, pages: ErrorPages, access_log: AccessLog) -> None:
+    def __init__(self, settings: config.Settings, router: Router, limiter: RateLimiter,
+                 health: BackendHealth, upstream: Upstream, pages: ErrorPages, access_log: AccessLog) -> None:
         self.router = router
+        self.limiter = limiter
         self.health = health
         self.upstream = upstream
         self.pages = pages
@@ -111,9 +116,10 @@ class ProxyApp:
         exchange.client_ip = client_address(environ, self.trusted)
         exchange.request_id = self._request_id(environ)
         body = self._request_body(environ)
-        exchange.route = self.router.resolve(host)
+        exchange.route = self.router.resolve(host, self.limiter.script_args(exchange.client_ip))
+        limit_headers = self.limiter.check(exchange.route, exchange.client_ip)
         response = self._forward_with_retries(exchange, host, body)
-        return self._relay(exchange, response, start_response)
+        return self._relay(exchange, response, start_response, limit_headers)
 
     def _forward_with_retries(self, exchange: Exchange, host: str,
                               body: RequestBody | None) -> UpstreamResponse:
@@ -153,7 +159,8 @@ class ProxyApp:
     def _request_id(self, environ: dict[str, Any]) -> str:
         """A client's ``X-Request-ID`` is kept only from a trusted proxy."""
         given = environ.get("HTTP_X_REQUEST_ID")
-        if given and self.trusted and is_trusted(environ.get("REMOTE_ADDR", ""), self.trusted):
+        if given and REQUEST_ID.fullmatch(given) and self.trusted \
+                and is_trusted(environ.get("REMOTE_ADDR", ""), self.trusted):
             return given
         return new_request_id()
 
@@ -178,9 +185,10 @@ class ProxyApp:
         finally:
             exchange.upstream_time = time.perf_counter() - exchange.upstream_started
 
-    def _relay(self, exchange: Exchange, response: UpstreamResponse,
-               start_response: StartResponse) -> Iterable[bytes]:
+    def _relay(self, exchange: Exchange, response: UpstreamResponse, start_response: StartResponse,
+               extra_headers: list[tuple[str, str]]) -> Iterable[bytes]:
         headers = downstream_response_headers(response.headers)
+        headers.extend(extra_headers)
         if self._wants_debug(exchange):
             headers.extend(self._debug_headers(exchange))
         exchange.status = response.status
@@ -207,6 +215,7 @@ class ProxyApp:
             log.warning("%s %s (host %s): %s", error.status, type(error).__name__,
                         exchange.environ.get("HTTP_HOST"), error.detail)
         status, headers, body = self.pages.response(error.status, error.detail)
+        headers.extend(error.headers)
         if self._wants_debug(exchange):
             headers.append(("x-debug-error", error.detail.replace("\r", " ").replace("\n", " ")))
             if exchange.route is not None:
@@ -366,7 +375,7 @@ def create_app(settings: config.Settings | None = None) -> ProxyApp:
     upstream = Upstream(make_session(settings["server.maxSockets"]),
                         connect_timeout=settings["server.connectTimeout"] or tcp_timeout,
                         read_timeout=tcp_timeout)
-    return ProxyApp(settings, router, health, upstream, ErrorPages(settings["server.staticDir"]),
+    return ProxyApp(settings, router, RateLimiter(settings), health, upstream, ErrorPages(settings["server.staticDir"]),
                     AccessLog(settings["server.accessLog"]))
 
 

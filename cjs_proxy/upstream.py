@@ -35,6 +35,7 @@ from .exceptions import (
     BackendUnavailable,
     BadRequest,
     ClientClosedRequest,
+    PayloadTooLarge,
 )
 
 log = logging.getLogger("cjs_proxy.upstream")
@@ -71,9 +72,10 @@ def make_session(max_sockets: int) -> requests.Session:
 class RequestBody:
     """The client's body as an iterator of chunks, checked against its declared length."""
 
-    def __init__(self, stream: BinaryIO, length: int | None) -> None:
+    def __init__(self, stream: BinaryIO, length: int | None, limit: int | None = None) -> None:
         self.stream = stream
         self.length = length
+        self.limit = limit  # server.maxRequestBodySize, enforced as a chunked body streams
         self.sent = 0
 
     def __iter__(self) -> Iterator[bytes]:
@@ -86,6 +88,8 @@ class RequestBody:
                     raise ClientClosedRequest(f"client sent {self.sent} of {self.length} body bytes")
                 return
             self.sent += len(chunk)
+            if self.limit is not None and self.sent > self.limit:
+                raise PayloadTooLarge(f"chunked body exceeds {self.limit} bytes")
             if remaining is not None:
                 remaining -= len(chunk)
             yield chunk

@@ -68,7 +68,8 @@ class Process:
         return self.proc.poll() is None
 
     def log(self) -> str:
-        self.log_file.flush()
+        if not self.log_file.closed:  # still readable after stop()
+            self.log_file.flush()
         return self.log_path.read_text(errors="replace")
 
     def send_signal(self, sig: int) -> None:
@@ -92,7 +93,9 @@ class Process:
             if not self.alive():
                 raise RuntimeError(f"{what} exited ({self.proc.returncode}):\n{self.log()[-3000:]}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{what} not ready after {timeout}s:\n{self.log()[-3000:]}")
+                output = self.log()[-3000:]
+                self.stop()  # a constructor that raises here leaves nobody to stop it
+                raise RuntimeError(f"{what} not ready after {timeout}s:\n{output}")
             time.sleep(0.05)
 
 
@@ -190,6 +193,15 @@ def raw_request(port: int, data: bytes, timeout: float = 5.0) -> bytes:
                 if not chunk:
                     break
                 chunks.append(chunk)
-        except socket.timeout:
+        except TimeoutError:
             pass
         return b"".join(chunks)
+
+
+class WebSocketBackend(Process):
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        super().__init__([sys.executable, str(ROOT / "tests" / "ws_backend.py"), str(self.port)],
+                         workdir / f"ws-backend-{self.port}.log")
+        self.wait_until(lambda: port_open(self.port), what="websocket backend")
+        self.url = f"http://127.0.0.1:{self.port}"

@@ -18,6 +18,7 @@ class ProxyWorker(GeventWorker):
     def handle_usr1(self, sig: int, frame: Any) -> None:
         """SIGUSR1: gunicorn reopens its logs; the proxy reopens its access log too."""
         super().handle_usr1(sig, frame)
-        reopen = getattr(self.wsgi, "reopen_logs", None)
+        # A worker still loading the app has no ``wsgi`` yet (the app opens the new file).
+        reopen = getattr(getattr(self, "wsgi", None), "reopen_logs", None)
         if reopen is not None:
             gevent.spawn(reopen)

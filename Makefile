@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test unit functional lint settings-table readme-table clean
+.PHONY: run test unit functional lint settings-table readme-table clean bench
 
 $(BIN)/python:
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -35,13 +35,25 @@ functional: $(STAMP)
 	$(BIN)/python -m pytest tests/functional
 
 lint: $(STAMP)
-	$(BIN)/ruff check cjs_proxy workers tests etc setup.py
+	$(BIN)/ruff check cjs_proxy workers tests etc bench setup.py
 
 settings-table: $(STAMP)
 	@$(BIN)/cjs-proxy settings
 
 readme-table: $(STAMP)  # rewrite README.md's settings table from the registry
 	$(BIN)/cjs-proxy settings --readme README.md
+
+bench: $(STAMP)  # cjs-proxy vs the backend alone vs nginx on loopback (~2 min); see bench/NOTES.md
+	@if ! command -v wrk >/dev/null || ! PATH="$$PATH:/usr/sbin:/sbin" command -v nginx >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing wrk and nginx (Debian packages)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx >/dev/null; \
+	  else \
+	    echo "make bench needs wrk and nginx: apt-get install wrk nginx" >&2; exit 1; \
+	  fi; fi
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null && [ -x $(BIN)/py-spy ] || \
+	  $(BIN)/python -m pip install -q -r bench/requirements.txt
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

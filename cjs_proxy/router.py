@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .exceptions import InvalidHost, StoreUnavailable, UnknownHost
-from .store import Frontend, LimitVerdict, RouteStore, StoreError
+from .store import Frontend, InvalidationFeed, LimitVerdict, RouteStore, StoreError
 
 log = logging.getLogger("cjs_proxy.router")
 
@@ -83,18 +83,62 @@ class Route:
         return self.frontend.backends
 
 
+class RouteCache:
+    """Routes by requested host, valid until Redis announces any change to routing keys.
+
+    ``generation`` moves on every clear, so a lookup that was in flight while a change
+    arrived does not store its (possibly older) answer.
+    """
+
+    def __init__(self, feed: InvalidationFeed, max_entries: int = STALE_ROUTES_MAX) -> None:
+        self.feed = feed
+        self.max_entries = max_entries
+        self.entries: dict[str, Route] = {}
+        self.generation = 0
+
+    def get(self, host: str) -> Route | None:
+        self._sync()
+        return self.entries.get(host)
+
+    def put(self, route: Route, generation: int) -> None:
+        """Store ``route`` if nothing changed since ``generation`` (read before the lookup)."""
+        self._sync()
+        if generation != self.generation:
+            return
+        if len(self.entries) >= self.max_entries:
+            self.entries.clear()
+        self.entries[route.host] = route
+
+    def _sync(self) -> None:
+        if self.feed.changed():
+            self.entries.clear()
+            self.generation += 1
+
+
 class Router:
-    """Resolves hosts through the store; serves last good routes while Redis is away."""
+    """Resolves hosts through the store; serves last good routes while Redis is away.
+
+    With a ``cache``, a host's route is served from memory until Redis says a routing
+    key changed; requests that apply rate limits always go to Redis (the counters live there).
+    """
 
     def __init__(self, store: RouteStore, stale_ttl: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, cache: RouteCache | None = None) -> None:
         self.store = store
         self.stale_ttl = stale_ttl
         self.clock = clock
+        self.cache = cache
         self._last_good: dict[str, tuple[Route, float]] = {}
 
     def resolve(self, host: str, limit_args: tuple[str, ...] | None = None) -> Route:
         """The host's route; with ``limit_args``, rate limits are applied in the same call."""
+        cache = self.cache if limit_args is None else None
+        if cache is not None:
+            cached = cache.get(host)
+            if cached is not None:
+                self._remember(cached)  # still the last good route if Redis goes away now
+                return cached
+            generation = cache.generation
         try:
             found = self.store.lookup(lookup_candidates(host), host, limit_args)
         except StoreError as exc:
@@ -104,6 +148,8 @@ class Router:
             raise UnknownHost(f"no frontend for {host!r}")
         route = Route(host, found[0], found[1])
         self._remember(route)
+        if cache is not None:
+            cache.put(route, generation)
         return route
 
     def _remember(self, route: Route) -> None:

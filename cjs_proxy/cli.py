@@ -24,6 +24,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     """Like Hipache's ``--dry``: exit 0 if the file is usable, 1 with the reason if not."""
     try:
         settings = config.load_settings(args.path)
+        config.check_files(settings)
     except config.ConfigError as exc:
         print(f"cjs-proxy: configuration error: {exc}", file=sys.stderr)
         return 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,6 +218,21 @@ def binds(value: Any) -> list[dict[str, Any]]:
 binds.type_name = "address(es)"  # type: ignore[attr-defined]
 
 
+def certificates(value: Any) -> list[dict[str, str]]:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of {{cert, key}}, got {_type_name(value)}")
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("cert", "key")):
+            raise ValueError(f"entry {i}: expected {{cert: file, key: file}}, got {item!r}")
+        unknown = set(item) - {"cert", "key", "passphrase", "ca"}
+        if unknown:
+            raise ValueError(f"entry {i}: unknown key {sorted(unknown)[0]!r}")
+    return [dict(item) for item in value]
+
+
+certificates.type_name = "list of {cert, key}"  # type: ignore[attr-defined]
+
+
 def port(value: Any) -> int:
     integer(0)(value)
     if value > 65535:
@@ -290,18 +305,25 @@ SETTINGS: tuple[Setting, ...] = (
             "HTTP listen addresses: an IP, a list of IPs, or `{address, port}` objects."),
     Setting("https.port", 443, port, "Default port of the HTTPS listeners."),
     Setting("https.bind", [], binds,
-            "HTTPS listen addresses, as `http.bind`; entries may override key/cert/ca."),
+            "HTTPS listen addresses, as `http.bind`; entries may override key/cert/ca.", is_path=True),
     Setting("https.key", None, optional(string), "Private key file (PEM).", is_path=True),
     Setting("https.cert", None, optional(string), "Certificate chain file (PEM).", is_path=True),
     Setting("https.ca", None, optional(strings), "Extra CA file(s) to serve.", is_path=True),
     Setting("https.passphrase", None, optional(string), "Passphrase of `https.key`."),
+    Setting("https.certificates", [], certificates,
+            "More certificates, offered by SNI on their names (wildcards too): a list of "
+            "`{cert, key}`; `https.cert` stays the default for clients without SNI.", is_path=True),
+    Setting("https.redirectHttp", False, boolean,
+            "Answer plain HTTP requests with a 301 to the same URL over HTTPS."),
     Setting("driver", None, driver,
             "Redis URL `redis://:password@host:port/db#prefix`, or two (read from the "
             "first, write to the last); null or `embedded` runs a private redis-server."),
     Setting("user", "www-data", name_or_id,
-            "User to switch to when started as root."),
+            "User the workers switch to when started as root; root itself only if set "
+            "explicitly (`user: root`)."),
     Setting("group", None, optional(name_or_id),
-            "Group to switch to when started as root; null means the user's name."),
+            "Group the workers switch to when started as root; null means the user's "
+            "primary group."),
     # cjs-proxy's own keys.
     Setting("server.connectTimeout", None, optional(number()),
             "Seconds to wait for a backend connection; null means `server.tcpTimeout`."),
@@ -318,8 +340,26 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.staleRouteTTL", 60, integer(0),
             "Seconds a worker keeps serving a host's last good route while Redis is "
             "unreachable (0 disables)."),
+    Setting("server.routeCache", True, boolean,
+            "Keep routes in each worker until Redis announces a change to a routing key "
+            "(client-side tracking, Redis 6+); requests with rate limits always ask Redis."),
     Setting("server.redisTimeout", 2, number(),
             "Seconds to wait for Redis before the request is answered without it."),
+    Setting("server.maxRequests", 0, integer(0),
+            "Requests a worker serves before it is replaced by a fresh one (gunicorn's "
+            "`max_requests`); 0 never replaces it."),
+    Setting("server.maxRequestsJitter", 0, integer(0),
+            "Up to this many extra requests, drawn at random per worker, added to "
+            "`server.maxRequests` so workers are not all replaced at once."),
+    Setting("server.maxMemoryMB", None, optional(integer(1)),
+            "Resident memory (MiB) above which a worker stops accepting, finishes its "
+            "requests and is replaced; null disables the watchdog."),
+    Setting("server.memoryCheckInterval", 10, number(),
+            "Seconds between two memory checks of a worker (with `server.maxMemoryMB`)."),
+    Setting("server.maxRequestsPerConnection", 1000, integer(0),
+            "Requests served on one client connection before the proxy answers with "
+            "`Connection: close`, so keep-alive clients reconnect and spread over the workers "
+            "(after a worker is replaced, for instance); 0 is unlimited."),
     Setting("rateLimit.enabled", False, boolean,
             "Apply the per-IP and per-tier request limits (one Redis round trip with the route)."),
     Setting("rateLimit.onError", "open", choice("open", "closed"),
@@ -334,6 +374,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rateLimit.tiers", {"default": {"rate": 50, "burst": 100}}, tiers,
             "Service tiers by name: `{rate, burst, perIp, enforce}` per frontend; `tier:<host>` "
             "in Redis picks one, `default` applies otherwise; `enforce: false` only counts and logs."),
+    Setting("websocket.idleTimeout", 600, number(),
+            "Seconds a WebSocket tunnel may carry no byte either way before it is closed."),
+    Setting("websocket.maxDuration", None, optional(number()),
+            "Longest life of a WebSocket tunnel in seconds; null is unlimited."),
     Setting("healthCheck.interval", 5, number(),
             "Seconds between two rounds of `cjs-proxy health-check`."),
     Setting("healthCheck.timeout", 2, number(),
@@ -355,11 +399,16 @@ SECTIONS = sorted({s.key.split(".")[0] for s in SETTINGS if "." in s.key})
 
 
 class Settings(Mapping[str, Any]):
-    """Validated settings, read-only, keyed by dotted name; ``path`` is the source file."""
+    """Validated settings, read-only, keyed by dotted name; ``path`` is the source file.
 
-    def __init__(self, values: Mapping[str, Any], path: str | None = None) -> None:
+    ``explicit`` holds the keys the file set itself (the others are defaults).
+    """
+
+    def __init__(self, values: Mapping[str, Any], path: str | None = None,
+                 explicit: Iterable[str] = ()) -> None:
         self._values = dict(values)
         self.path = path
+        self.explicit = frozenset(explicit)
 
     def __getitem__(self, key: str) -> Any:
         return self._values[key]
@@ -422,6 +471,7 @@ def parse_settings(raw: Any, path: str | os.PathLike[str] = "<config>") -> Setti
         raise ConfigError(path, None, f"expected a mapping of settings at the top level, got {_type_name(raw)}")
     flat = _flatten(_upgrade_legacy(raw, path), path)
     values: dict[str, Any] = {}
+    explicit = {key for key in flat if key in SETTINGS_BY_KEY}
     base = Path(path).resolve().parent
     for setting in SETTINGS:
         value = flat.pop(setting.key, setting.default)
@@ -436,7 +486,7 @@ def parse_settings(raw: Any, path: str | os.PathLike[str] = "<config>") -> Setti
         key = sorted(flat)[0]
         raise ConfigError(path, key, _unknown_key_message(key))
     _check_consistency(values, path)
-    return Settings(values, str(path))
+    return Settings(values, str(path), explicit)
 
 
 def _flatten(raw: dict[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -509,9 +559,15 @@ def _legacy_driver_url(legacy: dict[str, Any]) -> str:
     return f"redis://{auth}{host}:{port_}/{db or 0}" + (f"#{prefix}" if prefix else "")
 
 
+#: Keys of an entry (an ``https.bind`` object, an ``https.certificates`` item) that hold files.
+_FILE_KEYS = ("cert", "key", "ca")
+
+
 def _resolve_paths(value: Any, base: Path) -> Any:
     if isinstance(value, list):
         return [_resolve_paths(v, base) for v in value]
+    if isinstance(value, dict):
+        return {k: _resolve_paths(v, base) if k in _FILE_KEYS and v else v for k, v in value.items()}
     if value == "-":
         return value
     return str((base / os.path.expanduser(value)).resolve())
@@ -528,23 +584,46 @@ def _check_consistency(values: dict[str, Any], path: str | os.PathLike[str]) -> 
         for key in ("https.key", "https.cert"):
             if not values[key] and not all(b.get(key.split(".")[1]) for b in values["https.bind"]):
                 raise ConfigError(path, key, "required when https.bind lists addresses")
-        raise ConfigError(path, "https.bind",
-                          "HTTPS listeners are not served by this version yet; "
-                          "terminate TLS in front of cjs-proxy and leave https.bind empty")
+    if values["https.redirectHttp"] and not values["https.bind"]:
+        raise ConfigError(path, "https.redirectHttp", "needs an HTTPS listener in https.bind")
+    http_ports = {(a, p) for a, p in _addresses(values, "http")}
+    clash = http_ports & {(a, p) for a, p in _addresses(values, "https")}
+    if clash:
+        raise ConfigError(path, "https.bind", f"{sorted(clash)[0]} is also an http.bind listener")
+
+
+def check_files(settings: Settings) -> None:
+    """The files the settings name exist (start-up and ``check-config``; parsing alone does not look)."""
+    values, path = settings, settings.path or "<config>"
+    files = [("https.key", values["https.key"]), ("https.cert", values["https.cert"])]
+    files += [("https.ca", ca) for ca in values["https.ca"] or []]
+    files += [(f"https.bind[{i}].{k}", b[k]) for i, b in enumerate(values["https.bind"]) for k in ("key", "cert")
+              if b.get(k)]
+    files += [(f"https.certificates[{i}].{k}", c[k]) for i, c in enumerate(values["https.certificates"])
+              for k in ("key", "cert")]
+    for key, file in files:
+        if file and not os.path.isfile(file):
+            raise ConfigError(path, key, f"file not found: {file}")
 
 
 # ---------------------------------------------------------------------- derived views
 
 
+def _addresses(values: Mapping[str, Any], section: str) -> list[tuple[str, int]]:
+    return [(e["address"], e["port"] if e["port"] is not None else values[f"{section}.port"])
+            for e in values[f"{section}.bind"]]
+
+
 def listen_addresses(settings: Settings) -> list[str]:
-    """gunicorn ``bind`` strings for the HTTP listeners (``[::1]:80`` for IPv6)."""
-    result = []
-    for entry in settings["http.bind"]:
-        address = entry["address"]
-        port_ = entry["port"] if entry["port"] is not None else settings["http.port"]
-        host = f"[{address}]" if ":" in address else address
-        result.append(f"{host}:{port_}")
-    return result
+    """gunicorn ``bind`` strings for the HTTP and HTTPS listeners (``[::1]:80`` for IPv6)."""
+    addresses = _addresses(settings, "http") + _addresses(settings, "https")
+    return [f"[{a}]:{p}" if ":" in a else f"{a}:{p}" for a, p in addresses]
+
+
+def https_listeners(settings: Settings) -> list[dict[str, Any]]:
+    """The HTTPS bind entries with their port filled in (per-entry key/cert/ca kept)."""
+    return [{**e, "port": e["port"] if e["port"] is not None else settings["https.port"]}
+            for e in settings["https.bind"]]
 
 
 def embedded_socket_path(settings: Settings) -> Path:

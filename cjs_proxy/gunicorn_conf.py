@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Any
 
-from . import config
+from . import config, handover, privileges
 from .embedded import EmbeddedRedis, EmbeddedRedisError, find_redis_server
 
 WORKER_CLASS = "workers.gevent_proxy.ProxyWorker"
@@ -23,6 +23,7 @@ def gunicorn_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
     environ = dict(os.environ if environ is None else environ)
     try:
         settings = config.load_settings(environ=environ)
+        config.check_files(settings)
     except config.ConfigError as exc:
         sys.stderr.write(f"cjs-proxy: configuration error: {exc}\n")
         raise SystemExit(2) from None
@@ -33,6 +34,8 @@ def gunicorn_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "worker_connections": settings["server.workerConnections"],
         "keepalive": settings["server.keepAliveTimeout"],
         "graceful_timeout": settings["server.gracefulTimeout"],
+        "max_requests": settings["server.maxRequests"],
+        "max_requests_jitter": settings["server.maxRequestsJitter"],
         "timeout": 30,
         "proc_name": "cjs-proxy",
         "accesslog": None,  # the proxy writes its own, with vhost and upstream fields
@@ -42,16 +45,23 @@ def gunicorn_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "forwarded_allow_ips": "",  # scheme and client come from the listener, not headers
         "raw_env": [f"{config.ENV_CONFIG}={settings.path}"],
         "on_starting": on_starting,
+        "post_fork": post_fork,
+        "child_exit": child_exit,
+        "on_reload": on_reload,
         "on_exit": on_exit,
     }
     if os.geteuid() == 0:
-        values["user"] = settings["user"]
-        values["group"] = settings["group"] if settings["group"] is not None else settings["user"]
+        try:
+            values.update(privileges.gunicorn_identity(settings))
+        except privileges.PrivilegeError as exc:
+            sys.stderr.write(f"cjs-proxy: cannot drop root: {settings.path}: {exc}\n")
+            raise SystemExit(2) from None
     return values
 
 
 def on_starting(server: Any) -> None:
-    """Start the embedded redis-server before any worker, if no driver is configured."""
+    """Open the workers' handover channel; start the embedded redis-server if no driver is configured."""
+    handover.start(server)
     settings = config.load_settings()
     if settings["driver"] is not None:
         return
@@ -63,6 +73,18 @@ def on_starting(server: Any) -> None:
         raise SystemExit(3) from None
     server.log.info("embedded redis on unix://%s (data in %s)", embedded.socket_path, embedded.data_dir)
     server.cjs_embedded_redis = embedded  # on the arbiter: survives config reloads
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    handover.close_master_end()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    handover.worker_exited(worker.pid)
+
+
+def on_reload(server: Any) -> None:
+    handover.forget_pending()
 
 
 def on_exit(server: Any) -> None:

@@ -1,4 +1,4 @@
-"""The WSGI application: request -> route -> forward -> log, and the one error handler.
+"""The WSGI application: request -> route -> limit -> forward (or tunnel) -> log, one error handler.
 
 gunicorn imports ``cjs_proxy.wsgi`` in each worker after the fork (and after gevent's
 monkeypatching) and reads ``application``; that attribute is a factory call, so the
@@ -8,12 +8,16 @@ router, upstream pools and log are built once per worker, never at import time.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import socket
+import ssl
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
+
+from gunicorn.workers.base_async import ALREADY_HANDLED
 
 from . import config
 from .accesslog import AccessEntry, AccessLog
@@ -29,13 +33,16 @@ from .headers import (
 )
 from .health import Backend, BackendHealth
 from .ratelimit import RateLimiter
-from .router import Route, Router, normalize_host
-from .store import RouteStore
+from .router import Route, RouteCache, Router, normalize_host
+from .store import InvalidationFeed, RouteStore
 from .upstream import RequestBody, Upstream, UpstreamBroken, UpstreamResponse, make_session
+from .websocket import ResponseHead, Tunnel, is_upgrade, iter_plain_body, read_response_head, upgrade_request
+from .websocket import connect as ws_connect
 
 log = logging.getLogger("cjs_proxy")
 
 StartResponse = Callable[..., Any]
+T = TypeVar("T")
 #: Hipache's liveness host: answered by the proxy itself, never routed.
 PING_HOST = "__ping__"
 #: Redis connections per worker; requests beyond it wait for one (``server.redisTimeout``).
@@ -54,6 +61,7 @@ class Exchange:
         "bytes_sent",
         "client_ip",
         "environ",
+        "extra",
         "request_id",
         "retries",
         "route",
@@ -77,6 +85,7 @@ class Exchange:
         self.status = 0
         self.bytes_sent = 0
         self.retries = 0
+        self.extra = ""
 
 
 class ProxyApp:
@@ -84,6 +93,7 @@ class ProxyApp:
 
     def __init__(self, settings: config.Settings, router: Router, limiter: RateLimiter,
                  health: BackendHealth, upstream: Upstream, pages: ErrorPages, access_log: AccessLog) -> None:
+        self.settings = settings
         self.router = router
         self.limiter = limiter
         self.health = health
@@ -94,6 +104,10 @@ class ProxyApp:
         self.max_body = settings["server.maxRequestBodySize"]
         self.trusted = parse_networks(settings["server.trustedProxies"])
         self.retries = settings["server.retryOnError"]
+        self.ws_idle_timeout = settings["websocket.idleTimeout"]
+        self.ws_max_duration = settings["websocket.maxDuration"]
+        https = config.https_listeners(settings)
+        self.https_port = https[0]["port"] if https and settings["https.redirectHttp"] else None
 
     # ------------------------------------------------------------------ pipeline
 
@@ -113,17 +127,26 @@ class ProxyApp:
         host = normalize_host(request_host(environ))
         if host == PING_HOST:
             return self._answer(exchange, start_response, "200 OK", b"ok")
+        if self.https_port is not None and request_scheme(environ) == "http":
+            return self._redirect_to_https(exchange, start_response, host)
         exchange.client_ip = client_address(environ, self.trusted)
         exchange.request_id = self._request_id(environ)
         body = self._request_body(environ)
         exchange.route = self.router.resolve(host, self.limiter.script_args(exchange.client_ip))
         limit_headers = self.limiter.check(exchange.route, exchange.client_ip)
-        response = self._forward_with_retries(exchange, host, body)
+        if is_upgrade(environ) and "gunicorn.socket" in environ:
+            return self._tunnel(exchange, host, start_response, limit_headers)
+        response = self._with_retries(exchange, host, body, lambda: self._forward(exchange, body))
+        self._check_answer(exchange, response.status, response.headers)
         return self._relay(exchange, response, start_response, limit_headers)
 
-    def _forward_with_retries(self, exchange: Exchange, host: str,
-                              body: RequestBody | None) -> UpstreamResponse:
-        """Send to a backend; on a connection failure mark it dead and try another.
+    def _check_answer(self, exchange: Exchange, status: int, headers: list[tuple[str, str]]) -> None:
+        assert exchange.route is not None and exchange.backend is not None
+        self.health.check_answer(exchange.route, exchange.backend, status, headers)
+
+    def _with_retries(self, exchange: Exchange, host: str, body: RequestBody | None,
+                      attempt: Callable[[], T]) -> T:
+        """Run ``attempt`` on a backend; on a connection failure mark it dead and try another.
 
         The route is read again before each retry, so the new dead mark (and any
         change an operator made) is seen. A request is retried only while no backend
@@ -141,7 +164,7 @@ class ProxyApp:
                     raise
                 raise last_error from None
             try:
-                response = self._forward(exchange, body)
+                return attempt()
             except BackendUnavailable as exc:
                 self.health.mark_dead(exchange.route, exchange.backend, exc.detail)
                 tried.append(exchange.backend.url)
@@ -152,9 +175,55 @@ class ProxyApp:
                 log.info("%s: retrying on another backend (%d/%d) after: %s",
                          host, exchange.retries, self.retries, exc.detail)
                 exchange.route = self.router.resolve(host)
-                continue
-            self.health.check_answer(exchange.route, exchange.backend, response.status, response.headers)
-            return response
+
+    def _tunnel(self, exchange: Exchange, host: str, start_response: StartResponse,
+                limit_headers: list[tuple[str, str]]) -> Any:
+        """A WebSocket upgrade: relay the handshake, then hand both sockets to a ``Tunnel``."""
+        environ = exchange.environ
+        backend_sock, head = self._with_retries(exchange, host, None, lambda: self._open_tunnel(exchange))
+        self._check_answer(exchange, head.status, head.headers)
+        exchange.status = head.status
+        if head.status != 101:  # refused: an ordinary response, relayed as such
+            headers = downstream_response_headers(head.headers) + limit_headers
+            start_response(status_line(head.status, head.reason), headers)
+            body = iter_plain_body(backend_sock, head, environ["REQUEST_METHOD"])
+            return RelayedBody(self, exchange, body, backend_sock.close)
+        client = environ["gunicorn.socket"]
+        try:
+            client.sendall(head.raw)  # the backend's handshake answer, verbatim
+            stats = Tunnel(client, backend_sock, self.ws_idle_timeout, self.ws_max_duration).run(head.leftover)
+        except OSError as exc:
+            log.info("%s: websocket client went away during the handshake: %s", host, exc)
+            backend_sock.close()
+            exchange.extra = "ws=0/0 aborted"
+        else:
+            exchange.bytes_sent = stats.backend_to_client
+            exchange.extra = (f"ws={stats.client_to_backend}/{stats.backend_to_client} "
+                              f"{stats.duration:.3f}s{' ' + stats.ended_by if stats.ended_by else ''}")
+        self.log_exchange(exchange)
+        return ALREADY_HANDLED
+
+    def _open_tunnel(self, exchange: Exchange) -> tuple[socket.socket, ResponseHead]:
+        environ = exchange.environ
+        assert exchange.backend is not None
+        headers = self._upstream_headers(exchange)
+        request = upgrade_request(environ["REQUEST_METHOD"], request_target(environ), headers,
+                                  environ.get("HTTP_UPGRADE", "websocket"))
+        exchange.upstream_started = time.perf_counter()
+        sock = ws_connect(exchange.backend.url, self.upstream.pool_timeout)
+        try:
+            sock.settimeout(self.upstream.timeout.read_timeout)
+            sock.sendall(request)
+            head = read_response_head(sock, exchange.backend.url)
+        except OSError as exc:
+            sock.close()
+            raise BackendUnavailable(f"{exchange.backend.url}: {exc}") from exc
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            exchange.upstream_time = time.perf_counter() - exchange.upstream_started
+        return sock, head
 
     def _request_id(self, environ: dict[str, Any]) -> str:
         """A client's ``X-Request-ID`` is kept only from a trusted proxy."""
@@ -172,12 +241,16 @@ class ProxyApp:
             raise PayloadTooLarge(f"declared body of {length} bytes exceeds {self.max_body}")
         return RequestBody(environ["wsgi.input"], length) if length else None
 
+    def _upstream_headers(self, exchange: Exchange) -> dict[str, str]:
+        environ = exchange.environ
+        return upstream_request_headers(
+            environ, client_ip=exchange.client_ip, proto=request_scheme(environ),
+            port=environ.get("SERVER_PORT", ""), request_id=exchange.request_id)
+
     def _forward(self, exchange: Exchange, body: RequestBody | None) -> UpstreamResponse:
         environ = exchange.environ
         assert exchange.backend is not None
-        headers = upstream_request_headers(
-            environ, client_ip=exchange.client_ip, proto=environ.get("wsgi.url_scheme", "http"),
-            port=environ.get("SERVER_PORT", ""), request_id=exchange.request_id)
+        headers = self._upstream_headers(exchange)
         exchange.upstream_started = time.perf_counter()
         try:
             return self.upstream.send(exchange.backend.url, environ["REQUEST_METHOD"],
@@ -197,7 +270,7 @@ class ProxyApp:
         except Exception:
             response.close()
             raise
-        return RelayedBody(self, exchange, response)
+        return RelayedBody(self, exchange, response.iter_body(), response.close)
 
     # ---------------------------------------------------------------- answers
 
@@ -206,6 +279,17 @@ class ProxyApp:
         start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))])
         exchange.status = int(status[:3])
         exchange.bytes_sent = len(body)
+        return [body]
+
+    def _redirect_to_https(self, exchange: Exchange, start_response: StartResponse, host: str) -> list[bytes]:
+        """``https.redirectHttp``: the same URL over HTTPS, permanently."""
+        port = "" if self.https_port == 443 else f":{self.https_port}"
+        location = f"https://{host}{port}{request_target(exchange.environ)}"
+        body = f"Moved to {location}\n".encode()
+        start_response("301 Moved Permanently", [("Location", location), ("Content-Type", "text/plain"),
+                                                 ("Content-Length", str(len(body)))])
+        exchange.status, exchange.bytes_sent = 301, len(body)
+        self.log_exchange(exchange)
         return [body]
 
     def _answer_error(self, exchange: Exchange, start_response: StartResponse,
@@ -240,6 +324,7 @@ class ProxyApp:
                         ("x-debug-backend-id", str(exchange.backend.id))]
         now = time.perf_counter()
         headers.append(("x-debug-time-total", f"{(now - exchange.started) * 1000:.3f}"))
+        headers.append(("x-debug-worker", str(os.getpid())))  # which worker answered
         if exchange.upstream_time is not None:
             headers.append(("x-debug-time-backend", f"{exchange.upstream_time * 1000:.3f}"))
         return headers
@@ -264,6 +349,7 @@ class ProxyApp:
             upstream_time=exchange.upstream_time,
             request_id=exchange.request_id,
             started=exchange.wall_started,
+            extra=exchange.extra,
         ))
 
     def reopen_logs(self) -> None:
@@ -283,24 +369,26 @@ class RelayedBody:
     "complete" one.
     """
 
-    def __init__(self, app: ProxyApp, exchange: Exchange, response: UpstreamResponse) -> None:
+    def __init__(self, app: ProxyApp, exchange: Exchange, body: Iterator[bytes],
+                 release: Callable[[], None]) -> None:
         self.app = app
         self.exchange = exchange
-        self.response = response
+        self.body = body
+        self.release = release
 
     def __iter__(self) -> Iterator[bytes]:
         exchange = self.exchange
         try:
-            for chunk in self.response.iter_body():
+            for chunk in self.body:
                 exchange.bytes_sent += len(chunk)
                 yield chunk
-        except UpstreamBroken as exc:
+        except (UpstreamBroken, BackendUnavailable, OSError) as exc:
             log.warning("cutting client connection: %s", exc)
             abort_client(exchange.environ)
 
     def close(self) -> None:
         try:
-            self.response.close()
+            self.release()
         finally:
             self.app.log_exchange(self.exchange)
 
@@ -313,6 +401,11 @@ def may_retry(error: BackendUnavailable, exchange: Exchange, body: RequestBody |
         return body is None or body.sent == 0
     idempotent = exchange.environ.get("REQUEST_METHOD") in IDEMPOTENT
     return idempotent and body is None and not isinstance(error, BackendTimeout)
+
+
+def request_scheme(environ: dict[str, Any]) -> str:
+    """``https`` when the client connection is TLS (per listener, not gunicorn's global flag)."""
+    return "https" if isinstance(environ.get("gunicorn.socket"), ssl.SSLSocket) else "http"
 
 
 def request_host(environ: dict[str, Any]) -> str | None:
@@ -369,7 +462,9 @@ def create_app(settings: config.Settings | None = None) -> ProxyApp:
     settings = settings or config.load_settings()
     read_url, write_url = config.driver_urls(settings)
     store = RouteStore.from_urls(read_url, write_url, settings["server.redisTimeout"], REDIS_POOL_SIZE)
-    router = Router(store, settings["server.staleRouteTTL"])
+    cache = RouteCache(InvalidationFeed(read_url, settings["server.redisTimeout"])) \
+        if settings["server.routeCache"] else None
+    router = Router(store, settings["server.staleRouteTTL"], cache=cache)
     health = BackendHealth(store, settings["server.deadBackendTTL"], settings["server.deadBackendOn500"])
     tcp_timeout = settings["server.tcpTimeout"]
     upstream = Upstream(make_session(settings["server.maxSockets"]),

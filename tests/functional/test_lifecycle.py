@@ -217,18 +217,6 @@ def test_sighup_under_load_applies_the_new_config_with_no_failed_request(make_pr
     assert proxy.alive()
 
 
-@pytest.fixture()
-def data_dir() -> Iterator[Path]:
-    """A short folder for the embedded store (unix socket paths are limited to 107 bytes)."""
-    folder = Path(tempfile.mkdtemp(prefix="cjs-lc-", dir="/tmp"))
-    yield folder / "data"
-    sock = folder / "data" / "redis.sock"
-    if ping(sock):
-        try:
-            redis.Redis(unix_socket_path=str(sock), socket_timeout=2).shutdown(nosave=True)
-        except redis.RedisError:
-            pass
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_embedded_store_survives_sighup_and_stops_with_the_proxy(tmp_path, data_dir, backends, host):

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-import redis
 import requests
 
 from cjs_proxy.embedded import ping
@@ -43,22 +39,6 @@ def wait_for(check: Callable[[], object], timeout: float, what: str) -> object:
 # -------------------------------------------------------------- embedded store
 
 
-@pytest.fixture()
-def data_dir() -> Iterator[Path]:
-    """A short folder for the embedded store (unix socket paths are limited to 107 bytes).
-
-    If a test fails before the proxy stops its redis-server, that server is shut down
-    here through its own socket, so no process outlives the test.
-    """
-    folder = Path(tempfile.mkdtemp(prefix="cjs-emb-", dir="/tmp"))
-    yield folder / "data"
-    sock = folder / "data" / "redis.sock"
-    if ping(sock):
-        try:
-            redis.Redis(unix_socket_path=str(sock), socket_timeout=2).shutdown(nosave=True)
-        except redis.RedisError:
-            pass  # shutdown closes the connection under the client
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def cli(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -35,7 +35,14 @@ from .health import Backend, BackendHealth
 from .ratelimit import RateLimiter
 from .router import Route, RouteCache, Router, normalize_host
 from .store import InvalidationFeed, RouteStore
-from .upstream import RequestBody, Upstream, UpstreamBroken, UpstreamResponse, make_session
+from .upstream import (
+    RequestBody,
+    Upstream,
+    UpstreamBroken,
+    UpstreamResponse,
+    make_session,
+    use_kernel_poll_for_liveness_checks,
+)
 from .websocket import ResponseHead, Tunnel, is_upgrade, iter_plain_body, read_response_head, upgrade_request
 from .websocket import connect as ws_connect
 
@@ -466,6 +473,7 @@ def create_app(settings: config.Settings | None = None) -> ProxyApp:
         if settings["server.routeCache"] else None
     router = Router(store, settings["server.staleRouteTTL"], cache=cache)
     health = BackendHealth(store, settings["server.deadBackendTTL"], settings["server.deadBackendOn500"])
+    use_kernel_poll_for_liveness_checks()
     tcp_timeout = settings["server.tcpTimeout"]
     upstream = Upstream(make_session(settings["server.maxSockets"]),
                         connect_timeout=settings["server.connectTimeout"] or tcp_timeout,

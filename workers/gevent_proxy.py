@@ -13,6 +13,7 @@ memory watchdog, retiring through a successor (``cjs_proxy.handover``) at
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import sys
@@ -45,7 +46,15 @@ class ProxyWorker(GeventWorker):
 
     def init_process(self) -> None:
         privileges.drop(self.cfg.uid, self.cfg.gid)  # completely: gunicorn keeps root's groups
+        self._share_error_log()
         super().init_process()
+
+    def _share_error_log(self) -> None:
+        """The proxy's own messages go where gunicorn's go (its error log, level and format)."""
+        proxy_log = logging.getLogger("cjs_proxy")
+        proxy_log.handlers = list(self.log.error_log.handlers)
+        proxy_log.setLevel(self.log.error_log.level)
+        proxy_log.propagate = False
 
     def run(self) -> None:
         """Start the memory watchdog, then serve (gunicorn's loop); say when accepting."""

@@ -80,6 +80,7 @@ def test_dead_mark_is_shared_with_another_proxy(proxy, make_proxy, pair, rdb, ho
         if rdb.sismember(f"dead:{host}", 0):
             break
     assert rdb.sismember(f"dead:{host}", 0)
+    assert f"{host}: retrying on another backend" in proxy.log()  # the first proxy did retry
 
     second = make_proxy()
     for _ in range(20):

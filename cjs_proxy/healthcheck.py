@@ -99,18 +99,22 @@ class HealthChecker:
         report = RoundReport(frontends=len(frontends), backends=len(urls))
         previous = self._dead
         current: dict[str, set[int]] = {}
+        writes: dict[str, set[int]] = {}
+        announce: list[tuple[str, int, str, int]] = []
         for host, values in frontends.items():
             backends = values[1:]
             dead = {i for i, url in enumerate(backends) if not healthy[url]}
             current[host] = dead
             before = previous.get(host, set()) if previous is not None else None
             if dead or before is None or before != dead:
-                self.store.set_dead(host, dead, self.dead_ttl)
-            for i in dead - (before or set()):
-                self.store.publish_dead(host, i, backends[i], len(backends))
-                report.newly_dead.append(f"{host}#{i}")
+                writes[host] = dead  # dead ones each round: their TTL is renewed
+            announce += [(host, i, backends[i], len(backends)) for i in sorted(dead - (before or set()))]
             report.recovered += [f"{host}#{i}" for i in (before or set()) - dead]
             report.dead += len(dead)
+        self.store.set_dead(writes, self.dead_ttl)
+        for host, backend_id, url, count in announce:  # once the sets say so
+            self.store.publish_dead(host, backend_id, url, count)
+            report.newly_dead.append(f"{host}#{backend_id}")
         self._dead = current
         self.store.checker_ping(int(time.time()))
         report.seconds = time.monotonic() - started

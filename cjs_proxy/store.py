@@ -130,6 +130,7 @@ class RouteStore:
         self.prefix = prefix
         self._route_script = LuaScript("route.lua")
         self._mark_script = LuaScript("mark_dead.lua")
+        self._set_dead_script = LuaScript("set_dead.lua")
 
     @classmethod
     def from_urls(cls, read_url: str, write_url: str, timeout: float,
@@ -187,15 +188,20 @@ class RouteStore:
     def checker_ping(self, now: int) -> None:
         self.writer.set(CHECKER_PING_KEY, now)
 
-    def set_dead(self, host: str, dead_ids: set[int], ttl: int) -> None:
-        """Replace ``dead:<host>`` with the checker's view (TTL-bound, in case it dies)."""
-        key = self.dead_key(host)
-        with self.writer.pipeline(transaction=True) as pipe:
-            pipe.delete(key)
-            if dead_ids:
-                pipe.sadd(key, *sorted(dead_ids))
-                pipe.expire(key, ttl)
-            pipe.execute()
+    def set_dead(self, dead_by_host: dict[str, set[int]], ttl: int) -> None:
+        """Replace each ``dead:<host>`` with the checker's view (TTL-bound, in case it dies).
+
+        One atomic script call per host (a proxy never reads a half-written set),
+        pipelined in batches of 500.
+        """
+        script = self._set_dead_script
+        self.writer.script_load(script.source)
+        hosts = list(dead_by_host)
+        for start in range(0, len(hosts), 500):
+            with self.writer.pipeline(transaction=False) as pipe:
+                for host in hosts[start:start + 500]:
+                    pipe.evalsha(script.sha, 1, self.dead_key(host), ttl, *sorted(dead_by_host[host]))
+                pipe.execute()
 
     def publish_dead(self, host: str, backend_id: int, backend_url: str, backend_count: int) -> None:
         self.writer.publish(DEAD_CHANNEL, f"{host};{backend_url};{backend_id};{backend_count}")

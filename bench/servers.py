@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the checkout: the process helpers are shared with the tests
+from tests import harness  # noqa: E402
 from tests.harness import free_port, port_open, redis_server_binary  # noqa: E402
 
 #: The small body every GET scenario fetches (13 bytes, as in the performance notes).
@@ -44,53 +42,22 @@ def children(pid: int) -> list[int]:
         return []
 
 
-class Process:
-    """A child process we own; ``stop`` is idempotent and always reaps it."""
+class Process(harness.Process):
+    """tests/harness.py's child process (always reaped by ``stop``), named for messages."""
 
     def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None,
                  cwd: Path = ROOT) -> None:
         self.name = name
-        self.log_path = log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log_file = open(log_path, "ab")  # closed by stop()
-        self.proc = subprocess.Popen(argv, stdout=self.log_file, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env, cwd=cwd)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+        super().__init__(argv, log_path, env=env, cwd=cwd)
 
     def workers(self) -> list[int]:
         return children(self.pid)
 
     def log_tail(self, size: int = 3000) -> str:
-        self.log_file.flush()
-        return self.log_path.read_text(errors="replace")[-size:]
+        return self.log()[-size:]
 
-    def stop(self, grace: float = 10.0) -> None:
-        if self.alive():
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.proc.wait()
-        if not self.log_file.closed:
-            self.log_file.close()
-
-    def wait_until(self, check: Callable[[], bool], timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not check():
-            if not self.alive():
-                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                tail = self.log_tail()
-                self.stop()
-                raise RuntimeError(f"{self.name} not ready after {timeout}s:\n{tail}")
-            time.sleep(0.05)
+    def wait_until(self, check: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
+        super().wait_until(check, timeout=timeout, what=what or self.name)
 
 
 # ---------------------------------------------------------------------------- nginx

@@ -18,15 +18,37 @@ WORKER_CLASS = "workers.gevent_proxy.ProxyWorker"
 log = logging.getLogger("cjs_proxy")
 
 
+#: The gunicorn values in effect, kept so that a reload (SIGHUP) with a broken file
+#: keeps the proxy running on them instead of stopping it. gunicorn executes
+#: etc/gunicorn.py again on each reload, but this module is imported only once.
+_running: dict[str, Any] | None = None
+
+
 def gunicorn_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """gunicorn setting names and values; exits with the config error if the file is broken."""
+    """gunicorn setting names and values from the YAML file.
+
+    A broken file stops start-up with the error; on a reload it is refused, logged,
+    and the running configuration stays in effect.
+    """
+    global _running
     environ = dict(os.environ if environ is None else environ)
+    environ.pop(config.ENV_SETTINGS, None)  # the file is the source here, not the last snapshot
     try:
-        settings = config.load_settings(environ=environ)
-        config.check_files(settings)
-    except config.ConfigError as exc:
-        sys.stderr.write(f"cjs-proxy: configuration error: {exc}\n")
-        raise SystemExit(2) from None
+        values = _values_from_file(environ)
+    except (config.ConfigError, privileges.PrivilegeError) as exc:
+        problem = f"configuration error: {exc}" if isinstance(exc, config.ConfigError) else str(exc)
+        if _running is None:
+            sys.stderr.write(f"cjs-proxy: {problem}\n")
+            raise SystemExit(2) from None
+        sys.stderr.write(f"cjs-proxy: reload refused, the running configuration stays in effect: {problem}\n")
+        return _running
+    _running = values
+    return values
+
+
+def _values_from_file(environ: dict[str, str]) -> dict[str, Any]:
+    settings = config.load_settings(environ=environ)
+    config.check_files(settings)
     values: dict[str, Any] = {
         "bind": config.listen_addresses(settings),
         "workers": settings["server.workers"],
@@ -43,7 +65,7 @@ def gunicorn_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
         "loglevel": "info",
         "control_socket_disable": True,
         "forwarded_allow_ips": "",  # scheme and client come from the listener, not headers
-        "raw_env": [f"{config.ENV_CONFIG}={settings.path}"],
+        "raw_env": [f"{config.ENV_CONFIG}={settings.path}", f"{config.ENV_SETTINGS}={settings.to_json()}"],
         "on_starting": on_starting,
         "post_fork": post_fork,
         "child_exit": child_exit,
@@ -54,15 +76,14 @@ def gunicorn_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
         try:
             values.update(privileges.gunicorn_identity(settings))
         except privileges.PrivilegeError as exc:
-            sys.stderr.write(f"cjs-proxy: cannot drop root: {settings.path}: {exc}\n")
-            raise SystemExit(2) from None
+            raise privileges.PrivilegeError(f"cannot drop root: {settings.path}: {exc}") from None
     return values
 
 
 def on_starting(server: Any) -> None:
     """Open the workers' handover channel; start the embedded redis-server if no driver is configured."""
     handover.start(server)
-    settings = config.load_settings()
+    settings = config.worker_settings()
     if settings["driver"] is not None:
         return
     try:

@@ -466,7 +466,7 @@ def abort_client(environ: dict[str, Any]) -> None:
 
 def create_app(settings: config.Settings | None = None) -> ProxyApp:
     """Build a worker's proxy: its router, upstream pools, error pages and access log."""
-    settings = settings or config.load_settings()
+    settings = settings or config.worker_settings()
     read_url, write_url = config.driver_urls(settings)
     store = RouteStore.from_urls(read_url, write_url, settings["server.redisTimeout"], REDIS_POOL_SIZE)
     cache = RouteCache(InvalidationFeed(read_url, settings["server.redisTimeout"])) \

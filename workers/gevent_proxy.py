@@ -58,7 +58,7 @@ class ProxyWorker(GeventWorker):
 
     def run(self) -> None:
         """Start the memory watchdog, then serve (gunicorn's loop); say when accepting."""
-        settings = getattr(self.wsgi, "settings", None) or config.load_settings()
+        settings = getattr(self.wsgi, "settings", None) or config.worker_settings()
         self.requests_per_connection = settings["server.maxRequestsPerConnection"]
         if settings["server.maxMemoryMB"] is not None:
             gevent.spawn(MemoryWatchdog(settings["server.maxMemoryMB"], settings["server.memoryCheckInterval"],

@@ -399,3 +399,20 @@ def test_workers_drop_root_for_the_user_and_only_its_groups(shared_dir, redis_se
     finally:
         proxy.stop()
     assert "Booting worker" in proxy.log()
+
+
+def test_sighup_with_a_broken_config_keeps_the_running_one(make_proxy, route):
+    proxy = make_proxy(server_workers=2, server_debug=True)
+    good = proxy.config_path.read_text()
+    proxy.config_path.write_text(good + "server:\n  wrokers: [\n")  # not even YAML
+    old_workers = set(proxy.worker_pids())
+    proxy.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused" in proxy.log(), 15, "the refusal logged")
+    wait_for(lambda: old_workers.isdisjoint(proxy.worker_pids()) and len(proxy.worker_pids()) == 2,
+             15, "workers restarted on the running configuration")
+    assert proxy.alive()
+    assert str(proxy.config_path) in proxy.log()
+    with Stream(proxy, route, clients=2, pause=0.01) as stream:
+        time.sleep(1)
+    assert stream.failures == []
+    assert None not in {pid for seen in stream.workers for pid in seen}, "server.debug: true lost"

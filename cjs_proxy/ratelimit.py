@@ -19,14 +19,13 @@ from collections.abc import Callable
 from typing import Any
 
 from . import config
+from .eventlog import EventLog
 from .exceptions import LimiterUnavailable, RateLimited
 from .router import Route
 from .store import LimitVerdict
 
 log = logging.getLogger("cjs_proxy.ratelimit")
 
-#: Seconds between two log lines about the same kind of event (fallbacks, shadow hits).
-LOG_INTERVAL = 10.0
 
 
 def _limit_arg(spec: dict[str, Any] | None) -> str:
@@ -50,24 +49,6 @@ def rate_limit_headers(verdict: LimitVerdict) -> list[tuple[str, str]]:
             ("RateLimit", f'"{name}";r={verdict.remaining};t={verdict.reset}')]
 
 
-class EventLog:
-    """Counts events and logs them at most once per ``LOG_INTERVAL`` per key."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self.counts: dict[str, int] = {}
-        self._logged: dict[str, float] = {}
-
-    def record(self, key: str, message: str, level: int = logging.WARNING) -> None:
-        self.counts[key] = self.counts.get(key, 0) + 1
-        now = self.clock()
-        if now - self._logged.get(key, -LOG_INTERVAL) >= LOG_INTERVAL:
-            if len(self._logged) > 10_000:
-                self._logged.clear()
-            self._logged[key] = now
-            log.log(level, "%s (%d so far in this worker)", message, self.counts[key])
-
-
 class RateLimiter:
     """One worker's view of the configured limits."""
 
@@ -77,7 +58,7 @@ class RateLimiter:
         self.send_headers: bool = settings["rateLimit.headers"]
         self._args = (encode_tiers(settings["rateLimit.tiers"]), _limit_arg(settings["rateLimit.perIp"]),
                       _limit_arg(settings["rateLimit.globalPerIp"]))
-        self.events = EventLog(clock)
+        self.events = EventLog(log, clock)
 
     def script_args(self, client_ip: str) -> tuple[str, ...] | None:
         """Arguments for the route script (after the prefix), or None when limits are off."""
@@ -99,18 +80,15 @@ class RateLimiter:
             error = RateLimited(f"{route.host}: over the {verdict.policy!r} limit (tier {verdict.tier})")
             error.headers = [("Retry-After", str(max(1, math.ceil(verdict.retry_after_ms / 1000)))),
                              *rate_limit_headers(verdict)]
-            return self._raise(error, route, client_ip, verdict)
+            self.events.record(f"limited:{route.host}:{verdict.policy}",
+                               f"{route.host}: limiting {verdict.policy} (tier {verdict.tier}), e.g. {client_ip}",
+                               logging.INFO)
+            raise error
         if verdict.shadow_limited:
             self.events.record(f"shadow:{route.host}",
                                f"{route.host}: over the {verdict.policy!r} limit of shadow tier "
                                f"{verdict.tier!r}, let through (enforce: false)")
         return rate_limit_headers(verdict) if self.send_headers else []
-
-    def _raise(self, error: RateLimited, route: Route, client_ip: str, verdict: LimitVerdict) -> list:
-        self.events.record(f"limited:{route.host}:{verdict.policy}",
-                           f"{route.host}: limiting {verdict.policy} (tier {verdict.tier}), e.g. {client_ip}",
-                           logging.INFO)
-        raise error
 
     def _fallback(self, route: Route) -> list[tuple[str, str]]:
         """Redis could not decide (the route is a stale one): apply ``rateLimit.onError``."""

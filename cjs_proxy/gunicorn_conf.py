@@ -32,7 +32,6 @@ def gunicorn_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
     """
     global _running
     environ = dict(os.environ if environ is None else environ)
-    environ.pop(config.ENV_SETTINGS, None)  # the file is the source here, not the last snapshot
     try:
         values = _values_from_file(environ)
     except (config.ConfigError, privileges.PrivilegeError) as exc:

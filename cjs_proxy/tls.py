@@ -19,6 +19,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID, NameOID
 
+from .config import https_listeners
+
 
 @dataclass(frozen=True)
 class CertificateSpec:
@@ -105,8 +107,6 @@ def _spec(entry: dict[str, Any], fallback: dict[str, Any]) -> CertificateSpec:
 
 def listener_contexts(settings: Any, socknames: Iterable[Any]) -> dict[Any, ssl.SSLContext]:
     """For each listening socket that is an HTTPS listener: its SNI-enabled context."""
-    from .config import https_listeners
-
     wanted = {(entry["address"], entry["port"]): entry for entry in https_listeners(settings)}
     fallback = {"cert": settings["https.cert"], "key": settings["https.key"],
                 "passphrase": settings["https.passphrase"], "ca": settings["https.ca"]}

@@ -33,6 +33,7 @@ setup(
         "packaging",  # imported by gunicorn's gevent worker, undeclared by gunicorn 27
         "requests>=2.32",
         "urllib3>=2.0",
+        "httptools>=0.6.2",  # llhttp, strict parsing of backend responses (set_dangerous_leniencies)
         "redis>=5.0",
         "hiredis>=2.0",
         "gevent-websocket>=0.10",

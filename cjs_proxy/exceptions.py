@@ -89,6 +89,14 @@ class BackendUnavailable(ProxyError):
         self.before_request = before_request
 
 
+class BackendClosed(BackendUnavailable):
+    """A connection taken from the pool was closed by the backend before any answer byte.
+
+    Backends close idle keep-alive connections whenever they like; such a request is
+    sent again once on a fresh connection, if no body byte was consumed.
+    """
+
+
 class BackendTimeout(BackendUnavailable):
     """The chosen backend did not connect or answer within ``server.tcpTimeout``."""
 
@@ -122,3 +130,35 @@ class LimiterUnavailable(ProxyError):
 
     status = 503
     reason = "Rate limiter unavailable"
+
+
+class BackendProtocolError(BackendUnavailable):
+    """The backend's answer is not strict HTTP/1.1 (framing, header bytes, an unasked upgrade).
+
+    Nothing of it is relayed and its connection is closed: a response that two parsers
+    could read differently is how one client's answer ends up in another's.
+    """
+
+    reason = "Backend sent an invalid response"
+
+
+class MethodNotAllowed(ProxyError):
+    """``CONNECT``: this is a reverse proxy, never a tunnel to an address the client picks."""
+
+    status = 405
+    reason = "Method not allowed"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail)
+        self.headers.append(("Allow", "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE"))
+
+
+class UnsupportedTransferCoding(ProxyError):
+    """A request body with a transfer coding other than ``chunked`` (``gzip, chunked``...).
+
+    Dropping the coding would hand the backend bytes it cannot read as sent, so the
+    request is refused, as RFC 9112 section 6.1 asks of a server.
+    """
+
+    status = 501
+    reason = "Transfer coding not implemented"

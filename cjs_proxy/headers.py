@@ -12,8 +12,6 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from urllib3.util import SKIP_HEADER
-
 #: Hop-by-hop headers (RFC 9110 section 7.6.1) plus the framing headers that the
 #: proxy recomputes on each side; ``Connection`` may name more.
 HOP_BY_HOP = frozenset({
@@ -22,14 +20,18 @@ HOP_BY_HOP = frozenset({
 })
 #: Request headers set by the proxy itself; a client's copy is replaced, not kept.
 PROXY_SET = frozenset({"x-real-ip", "x-forwarded-proto", "x-forwarded-port", "x-request-id"})
+#: Client headers that say where the request came from; kept only from a trusted proxy.
+FORWARDING_CLAIMS = frozenset({"x-forwarded-host", "forwarded"})
+#: Headers a client's ``Connection`` can never remove: the request's own identity and
+#: framing, and everything the proxy sets.
+NOT_NOMINATABLE = frozenset({"host", "content-length", "content-type", "x-forwarded-for"}) | PROXY_SET \
+    | FORWARDING_CLAIMS
 #: Backend response headers the proxy replaces with its own, as nginx does.
 RESPONSE_REPLACED = frozenset({"server", "date"})
 #: What gunicorn accepts in a response header (RFC 9110 token and field-value).
 _VALID_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-zA-Z-]+")
 _VALID_VALUE = re.compile(r"[ \t\x21-\x7e\x80-\xff]*")
 log = logging.getLogger("cjs_proxy.headers")
-#: Request headers urllib3 would invent when absent; SKIP_HEADER keeps the request as sent.
-_URLLIB3_DEFAULTS = {"User-Agent": SKIP_HEADER, "Accept-Encoding": SKIP_HEADER}
 
 
 def _connection_tokens(value: str | None) -> set[str]:
@@ -84,33 +86,42 @@ def new_request_id() -> str:
     return os.urandom(16).hex()
 
 
-def upstream_request_headers(environ: Mapping[str, Any], *, client_ip: str, proto: str,
-                             port: str, request_id: str) -> dict[str, str]:
+def upstream_request_headers(environ: Mapping[str, Any], *, host: str, routed_host: str, client_ip: str,
+                             proto: str, port: str, request_id: str, trusted_peer: bool) -> list[tuple[str, str]]:
     """Headers to send to the backend: the client's, less hop-by-hop, plus X-Forwarded-*.
 
-    ``Host`` passes unchanged; ``X-Forwarded-For`` gets the TCP peer appended.
+    ``host`` is the ``Host`` to send (the client's, or an absolute-form target's
+    authority); ``X-Forwarded-For`` gets the TCP peer appended; ``X-Forwarded-Host`` is
+    the host the proxy routed on. A client's ``X-Forwarded-Host`` and ``Forwarded`` are
+    kept only from a trusted proxy (``trusted_peer``): apps build absolute URLs from them.
     """
-    tokens = _connection_tokens(environ.get("HTTP_CONNECTION"))
-    headers: dict[str, str] = dict(_URLLIB3_DEFAULTS)
+    tokens = _connection_tokens(environ.get("HTTP_CONNECTION")) - NOT_NOMINATABLE
+    headers: list[tuple[str, str]] = [("Host", host)]
+    claims: dict[str, str] = {}
     for key, value in environ.items():
-        if not key.startswith("HTTP_"):
+        if not key.startswith("HTTP_") or key == "HTTP_HOST":
             continue
         name = _header_name(key)
         lower = name.lower()
+        if lower in FORWARDING_CLAIMS:
+            if trusted_peer:
+                claims[lower] = value
+                headers.append((name, value))
+            continue
         if is_hop_by_hop(name, tokens) or lower in PROXY_SET or lower in ("x-forwarded-for", "expect"):
             continue
-        headers[name] = value
+        headers.append((name, value))
     if environ.get("CONTENT_TYPE"):
-        headers["Content-Type"] = environ["CONTENT_TYPE"]
+        headers.append(("Content-Type", environ["CONTENT_TYPE"]))
     if environ.get("CONTENT_LENGTH"):
-        headers["Content-Length"] = environ["CONTENT_LENGTH"]
+        headers.append(("Content-Length", environ["CONTENT_LENGTH"]))
     peer = environ.get("REMOTE_ADDR", "")
     previous = environ.get("HTTP_X_FORWARDED_FOR")
-    headers["X-Forwarded-For"] = f"{previous}, {peer}" if previous else peer
-    headers["X-Real-IP"] = client_ip
-    headers["X-Forwarded-Proto"] = proto
-    headers["X-Forwarded-Port"] = port
-    headers["X-Request-ID"] = request_id
+    headers.append(("X-Forwarded-For", f"{previous}, {peer}" if previous else peer))
+    if "x-forwarded-host" not in claims:
+        headers.append(("X-Forwarded-Host", routed_host))
+    headers += [("X-Real-IP", client_ip), ("X-Forwarded-Proto", proto), ("X-Forwarded-Port", port),
+                ("X-Request-ID", request_id)]
     return headers
 
 

@@ -11,6 +11,7 @@ which tells the proxies (and Hipache's) to leave the dead sets to it.
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,10 @@ import gevent
 import gevent.pool
 from gevent import socket as gsocket
 
+from .exceptions import ProxyError
+from .http1 import ResponseReader, encode_request_head
 from .store import RouteStore
+from .upstream import BackendConnection
 
 log = logging.getLogger("cjs_proxy.healthcheck")
 
@@ -34,24 +38,31 @@ class ProbeSettings:
 
 
 def probe(url: str, settings: ProbeSettings) -> bool:
-    """True when the backend at ``url`` answers in time (and, for HTTP, below 5xx)."""
+    """True when the backend at ``url`` answers in time with a valid status below 5xx.
+
+    The probe goes through the proxy's own backend layer (``upstream.BackendConnection``
+    and the strict ``http1`` reader), so a backend is judged healthy by the same rules
+    its answers are relayed by. Schemes other than http/https get a TCP connect.
+    """
     parts = urlsplit(url)
-    default_port = 443 if parts.scheme == "https" else 80
+    secure = parts.scheme == "https"
+    host, port = parts.hostname or "127.0.0.1", parts.port or (443 if secure else 80)
     try:
         with gevent.Timeout(settings.timeout):
-            sock = gsocket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port))
+            if parts.scheme not in ("http", "https"):
+                gsocket.create_connection((host, port)).close()
+                return True
+            conn = BackendConnection(host, port, tls=ssl.create_default_context() if secure else None)
+            sock = conn.connect(settings.timeout, url)
             try:
-                if parts.scheme != "http":
-                    return True  # TCP connect is the whole check for non-HTTP backends
-                request = (f"GET {settings.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-                           "User-Agent: cjs-proxy-health-check\r\nConnection: close\r\n\r\n")
-                sock.sendall(request.encode("latin-1"))
-                status_line = sock.recv(64).split(b"\r\n", 1)[0].split()
+                sock.sendall(encode_request_head("GET", settings.path, [
+                    ("Host", parts.netloc), ("User-Agent", "cjs-proxy-health-check"), ("Connection", "close")]))
+                head = ResponseReader(sock, url).read_head("GET")
             finally:
-                sock.close()
-    except (OSError, gevent.Timeout):
+                conn.close()
+    except (ProxyError, OSError, gevent.Timeout):
         return False
-    return len(status_line) >= 2 and status_line[1].isdigit() and int(status_line[1]) < settings.unhealthy_status
+    return head.status < settings.unhealthy_status
 
 
 @dataclass

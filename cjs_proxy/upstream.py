@@ -1,82 +1,139 @@
-"""Forwarding to backends: the pooled ``requests`` session and the streaming relay.
+"""Forwarding to backends: pooled connections that speak strict HTTP/1.1, and streaming.
 
-The session owns the connection pools (one per backend, ``server.maxSockets`` each);
-the hot path calls the session adapter's urllib3 pool directly, which skips
-``Session.request`` (its cookie jar, environment proxies, redirects and default
-headers, and ~40% of the CPU per request). Bodies stream both ways in chunks and
-are never decoded. urllib3 errors are translated to ``ProxyError`` here and nowhere else.
+The ``requests`` session owns the connection pools (one per backend, ``server.maxSockets``
+connections each) through its transport adapter, the documented extension point:
+``BackendAdapter`` makes its pools hold ``BackendConnection``s, which write the request
+head themselves (the target byte for byte, nothing invented) and read the answer with
+the strict parser of ``http1``. A connection goes back to its pool only after a response
+read to its end and framed without ambiguity; in every other case it is closed.
+Bodies stream both ways in chunks and are never decoded. Transport failures become
+``ProxyError``s here and nowhere else.
 """
 
 from __future__ import annotations
 
 import http.cookiejar
-import logging
 import select
-from collections.abc import Iterator
-from typing import Any, BinaryIO
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO, cast
 
 import requests
-import urllib3
 from gevent import monkey
 from gunicorn.http.errors import NoMoreData, ParseException
 from requests.adapters import HTTPAdapter
-from urllib3 import connection as urllib3_connection
 from urllib3.connectionpool import HTTPConnectionPool
-from urllib3.exceptions import (
-    ClosedPoolError,
-    ConnectTimeoutError,
-    EmptyPoolError,
-    HTTPError,
-    NewConnectionError,
-    ProtocolError,
-    ReadTimeoutError,
-)
+from urllib3.exceptions import ClosedPoolError, EmptyPoolError
+from urllib3.poolmanager import PoolManager
 
 from .exceptions import (
     BackendBusy,
+    BackendClosed,
     BackendTimeout,
     BackendUnavailable,
     BadRequest,
     ClientClosedRequest,
     PayloadTooLarge,
 )
+from .http1 import ResponseHead, ResponseReader, UpstreamBroken, encode_request_head
 
-log = logging.getLogger("cjs_proxy.upstream")
+__all__ = ["BackendAdapter", "RequestBody", "Upstream", "UpstreamBroken", "UpstreamResponse", "make_session"]
 
-#: Bytes read from either side per relay step; big enough for throughput, small
-#: enough that many concurrent transfers keep a worker's memory flat.
-CHUNK_SIZE = 64 * 1024
 #: Bytes read from the client's body per step. gunicorn's reader fills a buffer of up to
 #: 1 MiB and copies what is left of it on every read: 64 KiB reads cost ~6x the CPU.
 BODY_READ_SIZE = 1024 * 1024
 #: Backend pools kept per worker; the least recently used is closed past this.
 BACKEND_POOLS = 1000
+#: The kernel's poll, not gevent's: a zero-timeout liveness check never blocks, and
+#: gevent's would arm a timer and switch to the hub (~5% of a request's CPU).
+_kernel_poll = monkey.get_original("select", "poll")
+Headers = list[tuple[str, str]]
 
 
-class UpstreamBroken(Exception):
-    """The backend failed after the response started; the client connection must be cut."""
+class BackendConnection:
+    """One connection to a backend, (re)opened on demand, reused while in a known state."""
 
+    def __init__(self, host: str, port: int | None, timeout: Any = None, *,
+                 tls: ssl.SSLContext | None = None, **_urllib3_kwargs: Any) -> None:
+        self.host = host
+        self.port = port or (443 if tls else 80)
+        self.tls = tls
+        self.sock: socket.socket | None = None
 
-def use_kernel_poll_for_liveness_checks() -> None:
-    """Let urllib3 check pooled connections with the kernel's poll, not gevent's.
-
-    Before reusing a pooled connection urllib3 polls it with a zero timeout (has the
-    backend closed it?). Under gevent that poll arms a ``Timeout`` and switches to the
-    hub: ~5% of a request's CPU. A zero-timeout poll never blocks, so the original one
-    is safe; any other wait keeps gevent's. This replaces a name in ``urllib3.connection``
-    for the whole worker process, once, at start.
-    """
-    original_poll = monkey.get_original("select", "poll")
-    cooperative_wait = urllib3_connection.wait_for_read
-
-    def wait_for_read(sock: Any, timeout: float | None = None) -> bool:
-        if timeout != 0:
-            return cooperative_wait(sock, timeout=timeout)
-        poller = original_poll()
+    @property
+    def is_connected(self) -> bool:
+        """Open and silent. urllib3's pool asks before lending it: a readable idle
+        connection was closed by the backend, or holds bytes nobody asked for."""
+        sock = self.sock
+        if sock is None:
+            return False
+        poller = _kernel_poll()
         poller.register(sock, select.POLLIN)
-        return bool(poller.poll(0))
+        return not poller.poll(0)
 
-    urllib3_connection.wait_for_read = wait_for_read
+    def connect(self, timeout: float, backend_url: str) -> socket.socket:
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        except TimeoutError as exc:
+            raise BackendTimeout(f"{backend_url}: connect timed out", before_request=True) from exc
+        except OSError as exc:
+            raise BackendUnavailable(f"{backend_url}: {exc.strerror or exc}", before_request=True) from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            try:
+                sock = self.tls.wrap_socket(sock, server_hostname=self.host)
+            except (OSError, ssl.SSLError) as exc:
+                sock.close()
+                raise BackendUnavailable(f"{backend_url}: TLS handshake failed: {exc}",
+                                         before_request=True) from exc
+        self.sock = sock
+        return sock
+
+    def close(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            sock.close()
+
+
+class BackendPool(HTTPConnectionPool):
+    """urllib3's bounded, blocking pool, holding ``BackendConnection``s.
+
+    Only its queue is used (``checkout``/``checkin``); a request goes through
+    ``Upstream.send``, never through ``urlopen``.
+    """
+
+    ConnectionCls = BackendConnection  # type: ignore[assignment]
+
+    def checkout(self, timeout: float) -> BackendConnection:
+        """A connection (open and idle, or not yet open); waits up to ``timeout`` for a free one."""
+        return cast(BackendConnection, self._get_conn(timeout=timeout))
+
+    def checkin(self, conn: BackendConnection) -> None:
+        self._put_conn(conn)  # type: ignore[arg-type]
+
+    def urlopen(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("backend pools are used through cjs_proxy.upstream.Upstream.send")
+
+
+class TLSBackendPool(BackendPool):
+    scheme = "https"
+
+    def __init__(self, host: str, port: int | None = None, *args: Any, **kwargs: Any) -> None:
+        for key in ("key_file", "cert_file", "cert_reqs", "key_password", "ca_certs", "ssl_version",
+                    "ssl_minimum_version", "ssl_maximum_version", "assert_hostname", "assert_fingerprint",
+                    "ca_cert_dir", "ssl_context", "server_hostname"):
+            kwargs.pop(key, None)
+        super().__init__(host, port, *args, tls=ssl.create_default_context(), **kwargs)
+
+
+class BackendAdapter(HTTPAdapter):
+    """The session's transport adapter: its pool manager makes ``BackendPool``s."""
+
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        manager: PoolManager = self.poolmanager
+        manager.pool_classes_by_scheme = {"http": BackendPool, "https": TLSBackendPool}
 
 
 def make_session(max_sockets: int) -> requests.Session:
@@ -90,8 +147,8 @@ def make_session(max_sockets: int) -> requests.Session:
     session.trust_env = False
     session.headers.clear()
     session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-    adapter = HTTPAdapter(pool_connections=BACKEND_POOLS, pool_maxsize=max_sockets,
-                          pool_block=True, max_retries=0)
+    adapter = BackendAdapter(pool_connections=BACKEND_POOLS, pool_maxsize=max_sockets,
+                             pool_block=True, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
@@ -134,36 +191,48 @@ class RequestBody:
 
 
 class UpstreamResponse:
-    """A backend's answer whose body has not been read yet."""
+    """A backend's answer whose body has not been read yet; ``close`` settles its connection."""
 
-    def __init__(self, raw: urllib3.BaseHTTPResponse, backend_url: str) -> None:
-        self.raw = raw
-        self.backend_url = backend_url
-        self.status: int = raw.status
-        self.reason: str = raw.reason or ""
-        self.headers: list[tuple[str, str]] = list(raw.headers.items())
-        self.bytes_read = 0
-        self._done = False
+    def __init__(self, reader: ResponseReader, head: ResponseHead, conn: BackendConnection,
+                 pool: BackendPool | None) -> None:
+        self.reader = reader
+        self.head = head
+        self.status = head.status
+        self.reason = head.reason
+        self.headers = head.headers
+        self.conn = conn
+        self.pool = pool
+        self._closed = False
+
+    @property
+    def backend_url(self) -> str:
+        return self.reader.backend_url
+
+    @property
+    def bytes_read(self) -> int:
+        return self.reader.bytes_read
 
     def iter_body(self) -> Iterator[bytes]:
-        """Relay the body as it arrives (``read1``: no waiting for a full chunk)."""
-        raw = self.raw
-        try:
-            while True:
-                chunk = raw.read1(CHUNK_SIZE, decode_content=False)
-                if not chunk:
-                    break
-                self.bytes_read += len(chunk)
-                yield chunk
-        except (HTTPError, OSError) as exc:
-            raise UpstreamBroken(f"{self.backend_url}: body broken after {self.bytes_read} bytes: {exc}") from exc
-        self._done = True
+        """Relay the body as it arrives; ``UpstreamBroken`` if the backend cuts it short."""
+        return self.reader.iter_body()
+
+    def detach(self) -> tuple[socket.socket, bytes]:
+        """After a ``101``: the socket and the backend's first bytes, for a tunnel."""
+        sock = self.conn.sock
+        assert sock is not None, "detach() after close()"
+        self.conn.sock = None
+        self._closed = True
+        return sock, self.reader.leftover()
 
     def close(self) -> None:
-        """Give the connection back: reusable if the body was read to the end."""
-        if not self._done:
-            self.raw.close()
-        self.raw.release_conn()
+        """Back to the pool if the exchange ended cleanly, otherwise closed (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if not (self.reader.complete and self.reader.reusable):
+            self.conn.close()
+        if self.pool is not None:
+            self.pool.checkin(self.conn)
 
 
 class Upstream:
@@ -171,58 +240,111 @@ class Upstream:
 
     def __init__(self, session: requests.Session, connect_timeout: float, read_timeout: float) -> None:
         self.session = session
-        self.timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
         self.pool_timeout = connect_timeout
-        self._pools: dict[str, HTTPConnectionPool] = {}
+        self._pools: dict[str, BackendPool] = {}
 
-    def pool_for(self, backend_url: str) -> HTTPConnectionPool:
+    def pool_for(self, backend_url: str) -> BackendPool:
         pool = self._pools.get(backend_url)
         if pool is None:
-            adapter = self.session.get_adapter(backend_url)
-            pool = adapter.poolmanager.connection_from_url(backend_url)  # type: ignore[attr-defined]
+            adapter = cast(BackendAdapter, self.session.get_adapter(backend_url))
+            pool = cast(BackendPool, adapter.poolmanager.connection_from_url(backend_url))
             if len(self._pools) >= BACKEND_POOLS:
                 self._pools.clear()
             self._pools[backend_url] = pool
         return pool
 
-    def send(self, backend_url: str, method: str, target: str, headers: dict[str, str],
-             body: RequestBody | None) -> UpstreamResponse:
-        """Send the request; translate every transport failure to a ``ProxyError``."""
-        try:
-            raw = self._urlopen(backend_url, method, target, headers, body)
-        except ClosedPoolError:  # the session evicted this pool: take a fresh one, once
-            self._pools.pop(backend_url, None)
-            raw = self._urlopen(backend_url, method, target, headers, body)
-        return UpstreamResponse(raw, backend_url)
-
-    def _urlopen(self, backend_url: str, method: str, target: str, headers: dict[str, str],
-                 body: RequestBody | None) -> urllib3.BaseHTTPResponse:
+    def send(self, backend_url: str, method: str, target: str, headers: Headers, body: RequestBody | None,
+             on_informational: Callable[[ResponseHead], None] | None = None) -> UpstreamResponse:
+        """Send the request on a pooled connection and read the response head."""
         pool = self.pool_for(backend_url)
         try:
-            return pool.urlopen(
-                method, target, body=body, headers=headers,
-                chunked=body is not None and body.length is None,
-                retries=False, redirect=False, assert_same_host=False,
-                timeout=self.timeout, pool_timeout=self.pool_timeout,
-                preload_content=False, decode_content=False, release_conn=False,
-            )
-        except ClosedPoolError:
+            conn = self._checkout(pool, backend_url)
+        except ClosedPoolError:  # the session evicted this pool: take a fresh one, once
+            self._pools.pop(backend_url, None)
+            pool = self.pool_for(backend_url)
+            conn = self._checkout(pool, backend_url)
+        if body is not None and body.length is None:  # the length is unknown: chunked, re-framed by us
+            headers = [*headers, ("Transfer-Encoding", "chunked")]
+        head = encode_request_head(method, target, headers)
+        try:
+            reader, response_head = self._exchange(conn, backend_url, head, body, method, on_informational)
+        except BaseException:
+            conn.close()
+            pool.checkin(conn)
             raise
+        return UpstreamResponse(reader, response_head, conn, pool)
+
+    def _checkout(self, pool: BackendPool, backend_url: str) -> BackendConnection:
+        try:
+            return pool.checkout(self.pool_timeout)
         except EmptyPoolError as exc:
-            raise BackendBusy(f"{backend_url}: all {pool.pool.maxsize if pool.pool else '?'} connections busy") from exc
-        except NewConnectionError as exc:  # before ConnectTimeoutError: it subclasses it
-            raise BackendUnavailable(f"{backend_url}: {_reason(exc)}", before_request=True) from exc
-        except ConnectTimeoutError as exc:
-            raise BackendTimeout(f"{backend_url}: connect timed out", before_request=True) from exc
-        except ReadTimeoutError as exc:
-            raise BackendTimeout(f"{backend_url}: no answer within {self.timeout.read_timeout}s") from exc
-        except (ProtocolError, HTTPError, OSError) as exc:
-            raise BackendUnavailable(f"{backend_url}: {_reason(exc)}") from exc
+            raise BackendBusy(f"{backend_url}: all {pool.pool.maxsize if pool.pool else '?'} "
+                              "connections busy") from exc
+
+    def open_upgrade(self, backend_url: str, method: str, target: str, headers: Headers,
+                     upgrade: str) -> UpstreamResponse:
+        """An upgrade request on a fresh connection of its own (a tunnel is never pooled).
+
+        The answer is a ``101`` for ``upgrade`` (``detach`` the socket), or an ordinary
+        response, relayed as such; any other ``101`` is a ``BackendProtocolError``.
+        """
+        pool = self.pool_for(backend_url)
+        conn = BackendConnection(pool.host, pool.port, tls=pool.conn_kw.get("tls"))
+        head = encode_request_head(method, target, headers)
+        try:
+            reader, response_head = self._exchange(conn, backend_url, head, None, method, None, upgrade)
+        except BaseException:
+            conn.close()
+            raise
+        return UpstreamResponse(reader, response_head, conn, None)
+
+    def _exchange(self, conn: BackendConnection, backend_url: str, head: bytes, body: RequestBody | None,
+                  method: str, on_informational: Callable[[ResponseHead], None] | None,
+                  upgrade: str | None = None) -> tuple[ResponseReader, ResponseHead]:
+        """Write the request and read the response head.
+
+        A pooled connection the backend closed while it sat idle fails before any answer
+        byte (``BackendClosed``); the request goes again once on a fresh connection,
+        provided no body byte was consumed.
+        """
+        reused = conn.sock is not None
+        while True:
+            sock = conn.sock or conn.connect(self.connect_timeout, backend_url)
+            sock.settimeout(self.read_timeout)
+            reader = ResponseReader(sock, backend_url)
+            try:
+                self._write_request(sock, backend_url, head, body)
+                return reader, reader.read_head(method, upgrade, on_informational)
+            except BackendClosed:
+                if not reused or (body is not None and body.sent):
+                    raise
+                conn.close()
+                reused = False
+
+    def _write_request(self, sock: socket.socket, backend_url: str, head: bytes, body: RequestBody | None) -> None:
+        try:
+            if body is None:
+                sock.sendall(head)
+                return
+            first = True
+            for chunk in body:
+                if body.length is None:
+                    chunk = b"%X\r\n%b\r\n" % (len(chunk), chunk)
+                sock.sendall(head + chunk if first else chunk)
+                first = False
+            tail = b"0\r\n\r\n" if body.length is None else b""
+            if first or tail:
+                sock.sendall(head + tail if first else tail)
+        except TimeoutError as exc:
+            raise BackendTimeout(f"{backend_url}: stopped reading the request for {self.read_timeout}s") from exc
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            # The backend may have answered early (413...) and closed: its answer is read next.
+            if body is None or not body.sent:
+                raise BackendClosed(f"{backend_url}: connection closed while sending: {exc}") from exc
+        except OSError as exc:
+            raise BackendUnavailable(f"{backend_url}: {exc}") from exc
 
     def close(self) -> None:
         self.session.close()
-
-
-def _reason(exc: Any) -> str:
-    inner = exc.args[-1] if getattr(exc, "args", None) else exc
-    return str(getattr(inner, "reason", None) or inner)

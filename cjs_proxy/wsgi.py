@@ -7,11 +7,13 @@ router, upstream pools and log are built once per worker, never at import time.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -22,7 +24,16 @@ from gunicorn.workers.base_async import ALREADY_HANDLED
 from . import config
 from .accesslog import AccessEntry, AccessLog
 from .errors import ErrorPages, reason_phrase
-from .exceptions import BackendTimeout, BackendUnavailable, BadRequest, NoLiveBackend, PayloadTooLarge, ProxyError
+from .exceptions import (
+    BackendTimeout,
+    BackendUnavailable,
+    BadRequest,
+    MethodNotAllowed,
+    NoLiveBackend,
+    PayloadTooLarge,
+    ProxyError,
+    UnsupportedTransferCoding,
+)
 from .headers import (
     client_address,
     downstream_response_headers,
@@ -32,19 +43,12 @@ from .headers import (
     upstream_request_headers,
 )
 from .health import Backend, BackendHealth
+from .http1 import ResponseHead
 from .ratelimit import RateLimiter
 from .router import Route, RouteCache, Router, normalize_host
 from .store import InvalidationFeed, RouteStore
-from .upstream import (
-    RequestBody,
-    Upstream,
-    UpstreamBroken,
-    UpstreamResponse,
-    make_session,
-    use_kernel_poll_for_liveness_checks,
-)
-from .websocket import ResponseHead, Tunnel, is_upgrade, iter_plain_body, read_response_head, upgrade_request
-from .websocket import connect as ws_connect
+from .upstream import RequestBody, Upstream, UpstreamBroken, UpstreamResponse, make_session
+from .websocket import WEBSOCKET, Tunnel, is_upgrade
 
 log = logging.getLogger("cjs_proxy")
 
@@ -69,11 +73,14 @@ class Exchange:
         "client_ip",
         "environ",
         "extra",
+        "host_header",
         "request_id",
         "retries",
         "route",
+        "routed_host",
         "started",
         "status",
+        "target",
         "upstream_started",
         "upstream_time",
         "wall_started",
@@ -86,6 +93,10 @@ class Exchange:
         self.client_ip = environ.get("REMOTE_ADDR") or "-"
         self.request_id = "-"
         self.route: Route | None = None
+        #: What the backend is sent: the target as written (origin form) and the Host.
+        self.target = "/"
+        self.host_header = ""
+        self.routed_host = ""
         self.backend: Backend | None = None
         self.upstream_started: float | None = None
         self.upstream_time: float | None = None
@@ -131,7 +142,11 @@ class ProxyApp:
 
     def _proxy(self, exchange: Exchange, start_response: StartResponse) -> Iterable[bytes]:
         environ = exchange.environ
-        host = normalize_host(request_host(environ))
+        if environ["REQUEST_METHOD"] == "CONNECT":
+            raise MethodNotAllowed("CONNECT: this is a reverse proxy, not a tunnel")
+        target, host_header = target_and_host(environ)
+        host = normalize_host(host_header)
+        exchange.target, exchange.host_header, exchange.routed_host = target, host_header or host, host
         if host == PING_HOST:
             return self._answer(exchange, start_response, "200 OK", b"ok")
         if self.https_port is not None and request_scheme(environ) == "http":
@@ -187,18 +202,16 @@ class ProxyApp:
                 limit_headers: list[tuple[str, str]]) -> Any:
         """A WebSocket upgrade: relay the handshake, then hand both sockets to a ``Tunnel``."""
         environ = exchange.environ
-        backend_sock, head = self._with_retries(exchange, host, None, lambda: self._open_tunnel(exchange))
-        self._check_answer(exchange, head.status, head.headers)
-        exchange.status = head.status
-        if head.status != 101:  # refused: an ordinary response, relayed as such
-            headers = downstream_response_headers(head.headers) + limit_headers
-            start_response(status_line(head.status, head.reason), headers)
-            body = iter_plain_body(backend_sock, head, environ["REQUEST_METHOD"])
-            return RelayedBody(self, exchange, body, backend_sock.close)
+        response = self._with_retries(exchange, host, None, lambda: self._open_tunnel(exchange))
+        self._check_answer(exchange, response.status, response.headers)
+        if response.status != 101:  # refused: an ordinary response, relayed as such
+            return self._relay(exchange, response, start_response, limit_headers)
+        exchange.status = 101
+        backend_sock, early_bytes = response.detach()
         client = environ["gunicorn.socket"]
         try:
-            client.sendall(head.raw)  # the backend's handshake answer, verbatim
-            stats = Tunnel(client, backend_sock, self.ws_idle_timeout, self.ws_max_duration).run(head.leftover)
+            client.sendall(response.head.raw)  # the backend's handshake answer, verbatim
+            stats = Tunnel(client, backend_sock, self.ws_idle_timeout, self.ws_max_duration).run(early_bytes)
         except OSError as exc:
             log.info("%s: websocket client went away during the handshake: %s", host, exc)
             backend_sock.close()
@@ -210,27 +223,16 @@ class ProxyApp:
         self.log_exchange(exchange)
         return ALREADY_HANDLED
 
-    def _open_tunnel(self, exchange: Exchange) -> tuple[socket.socket, ResponseHead]:
-        environ = exchange.environ
+    def _open_tunnel(self, exchange: Exchange) -> UpstreamResponse:
         assert exchange.backend is not None
         headers = self._upstream_headers(exchange)
-        request = upgrade_request(environ["REQUEST_METHOD"], request_target(environ), headers,
-                                  environ.get("HTTP_UPGRADE", "websocket"))
+        headers += [("Connection", "Upgrade"), ("Upgrade", WEBSOCKET)]
         exchange.upstream_started = time.perf_counter()
-        sock = ws_connect(exchange.backend.url, self.upstream.pool_timeout)
         try:
-            sock.settimeout(self.upstream.timeout.read_timeout)
-            sock.sendall(request)
-            head = read_response_head(sock, exchange.backend.url)
-        except OSError as exc:
-            sock.close()
-            raise BackendUnavailable(f"{exchange.backend.url}: {exc}") from exc
-        except BaseException:
-            sock.close()
-            raise
+            return self.upstream.open_upgrade(exchange.backend.url, exchange.environ["REQUEST_METHOD"],
+                                              exchange.target, headers, WEBSOCKET)
         finally:
             exchange.upstream_time = time.perf_counter() - exchange.upstream_started
-        return sock, head
 
     def _request_id(self, environ: dict[str, Any]) -> str:
         """A client's ``X-Request-ID`` is kept only from a trusted proxy."""
@@ -241,18 +243,22 @@ class ProxyApp:
         return new_request_id()
 
     def _request_body(self, environ: dict[str, Any]) -> RequestBody | None:
-        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        coding = environ.get("HTTP_TRANSFER_ENCODING")
+        if coding is not None:
+            if [t.strip() for t in coding.lower().split(",")] != ["chunked"]:
+                raise UnsupportedTransferCoding(f"request Transfer-Encoding {coding!r}")
             return RequestBody(environ["wsgi.input"], None, self.max_body)
         length = content_length(environ)
         if self.max_body is not None and length > self.max_body:
             raise PayloadTooLarge(f"declared body of {length} bytes exceeds {self.max_body}")
         return RequestBody(environ["wsgi.input"], length) if length else None
 
-    def _upstream_headers(self, exchange: Exchange) -> dict[str, str]:
+    def _upstream_headers(self, exchange: Exchange) -> list[tuple[str, str]]:
         environ = exchange.environ
         return upstream_request_headers(
-            environ, client_ip=exchange.client_ip, proto=request_scheme(environ),
-            port=environ.get("SERVER_PORT", ""), request_id=exchange.request_id)
+            environ, host=exchange.host_header, routed_host=exchange.routed_host, client_ip=exchange.client_ip,
+            proto=request_scheme(environ), port=environ.get("SERVER_PORT", ""), request_id=exchange.request_id,
+            trusted_peer=bool(self.trusted) and is_trusted(environ.get("REMOTE_ADDR", ""), self.trusted))
 
     def _forward(self, exchange: Exchange, body: RequestBody | None) -> UpstreamResponse:
         environ = exchange.environ
@@ -260,8 +266,8 @@ class ProxyApp:
         headers = self._upstream_headers(exchange)
         exchange.upstream_started = time.perf_counter()
         try:
-            return self.upstream.send(exchange.backend.url, environ["REQUEST_METHOD"],
-                                      request_target(environ), headers, body)
+            return self.upstream.send(exchange.backend.url, environ["REQUEST_METHOD"], exchange.target,
+                                      headers, body, early_hints_relay(environ))
         finally:
             exchange.upstream_time = time.perf_counter() - exchange.upstream_started
 
@@ -291,7 +297,7 @@ class ProxyApp:
     def _redirect_to_https(self, exchange: Exchange, start_response: StartResponse, host: str) -> list[bytes]:
         """``https.redirectHttp``: the same URL over HTTPS, permanently."""
         port = "" if self.https_port == 443 else f":{self.https_port}"
-        location = f"https://{host}{port}{request_target(exchange.environ)}"
+        location = f"https://{host}{port}{exchange.target}"
         body = f"Moved to {location}\n".encode()
         start_response("301 Moved Permanently", [("Location", location), ("Content-Type", "text/plain"),
                                                  ("Content-Length", str(len(body)))])
@@ -371,9 +377,8 @@ class ProxyApp:
 class RelayedBody:
     """The backend's body on its way to the client; logs the exchange when done.
 
-    If the backend breaks mid-body, the client connection is cut (shutdown) rather
-    than ended cleanly, so the client sees a truncated response, never a short
-    "complete" one.
+    If the backend breaks mid-body, the client connection is reset (RST) rather than
+    ended cleanly, so no client can take a truncated body for a complete one.
     """
 
     def __init__(self, app: ProxyApp, exchange: Exchange, body: Iterator[bytes],
@@ -389,9 +394,11 @@ class RelayedBody:
             for chunk in self.body:
                 exchange.bytes_sent += len(chunk)
                 yield chunk
-        except (UpstreamBroken, BackendUnavailable, OSError) as exc:
-            log.warning("cutting client connection: %s", exc)
-            abort_client(exchange.environ)
+        except (UpstreamBroken, BackendUnavailable) as exc:
+            log.warning("resetting client connection: %s", exc)
+            reset_client(exchange.environ)
+            # An OSError tells gunicorn the connection is gone: it writes nothing more.
+            raise ConnectionResetError(errno.ECONNRESET, f"backend broke mid-body: {exc}") from exc
 
     def close(self) -> None:
         try:
@@ -415,21 +422,39 @@ def request_scheme(environ: dict[str, Any]) -> str:
     return "https" if isinstance(environ.get("gunicorn.socket"), ssl.SSLSocket) else "http"
 
 
-def request_host(environ: dict[str, Any]) -> str | None:
-    """The host asked for: an absolute-form target's authority wins over ``Host`` (RFC 9112 3.2.2)."""
-    raw_uri = environ.get("RAW_URI", "")
-    if raw_uri[:7].lower() == "http://" or raw_uri[:8].lower() == "https://":
-        return urlsplit(raw_uri).netloc or None
-    return environ.get("HTTP_HOST")
+def target_and_host(environ: dict[str, Any]) -> tuple[str, str | None]:
+    """The origin-form target to send upstream, exactly as written, and the Host to route on.
 
-
-def request_target(environ: dict[str, Any]) -> str:
-    """The origin-form target to send upstream, exactly as the client wrote it."""
+    An absolute-form target's authority replaces ``Host`` (RFC 9112 3.2.2), and the
+    backend is sent its path and query; a scheme other than http/https is refused.
+    """
     raw_uri = environ.get("RAW_URI") or "/"
-    if raw_uri[:7].lower() == "http://" or raw_uri[:8].lower() == "https://":
-        parts = urlsplit(raw_uri)
-        return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return raw_uri
+    if raw_uri[0] == "/" or raw_uri == "*":
+        return raw_uri, environ.get("HTTP_HOST")
+    scheme, sep, _ = raw_uri.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        raise BadRequest(f"request target {raw_uri[:100]!r}: only origin form and http(s) absolute form")
+    parts = urlsplit(raw_uri)
+    if not parts.netloc or "@" in parts.netloc:
+        raise BadRequest(f"request target {raw_uri[:100]!r}: no usable authority")
+    return (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), parts.netloc
+
+
+def early_hints_relay(environ: dict[str, Any]) -> Any:
+    """Relays a backend's ``103 Early Hints`` (its ``Link`` headers) through gunicorn's early hints.
+
+    Other informational answers (100, 102) are the backend's business and are dropped.
+    """
+    send = environ.get("wsgi.early_hints")
+    if send is None:
+        return None
+
+    def relay(head: ResponseHead) -> None:
+        links = [("Link", value) for name, value in head.headers if name.lower() == "link"]
+        if head.status == 103 and links:
+            send(links)
+
+    return relay
 
 
 def content_length(environ: dict[str, Any]) -> int:
@@ -452,13 +477,17 @@ def upstream_address(url: str) -> str:
     return parts.netloc or url
 
 
-def abort_client(environ: dict[str, Any]) -> None:
+def reset_client(environ: dict[str, Any]) -> None:
+    """Close the client connection with an RST (``SO_LINGER`` 0): a FIN would let a client
+    that does not check lengths take a truncated body for a complete one."""
     sock = environ.get("gunicorn.socket")
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # already gone: nothing left to cut
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass  # already gone: nothing left to reset
+    sock.close()
 
 
 # ---------------------------------------------------------------------- factory
@@ -473,7 +502,6 @@ def create_app(settings: config.Settings | None = None) -> ProxyApp:
         if settings["server.routeCache"] else None
     router = Router(store, settings["server.staleRouteTTL"], cache=cache)
     health = BackendHealth(store, settings["server.deadBackendTTL"], settings["server.deadBackendOn500"])
-    use_kernel_poll_for_liveness_checks()
     tcp_timeout = settings["server.tcpTimeout"]
     upstream = Upstream(make_session(settings["server.maxSockets"]),
                         connect_timeout=settings["server.connectTimeout"] or tcp_timeout,

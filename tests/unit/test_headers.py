@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from urllib3.util import SKIP_HEADER
 
 from cjs_proxy.headers import (
     client_address,
@@ -25,10 +24,14 @@ def environ(**headers: str) -> dict[str, Any]:
     return env
 
 
-def upstream(env: dict[str, Any], **overrides: str) -> dict[str, str]:
-    kwargs = {"client_ip": "127.0.0.1", "proto": "http", "port": "8080", "request_id": "rid-1"}
+def upstream(env: dict[str, Any], **overrides: Any) -> dict[str, str]:
+    kwargs: dict[str, Any] = {"host": env.get("HTTP_HOST", "app.example"), "routed_host": "app.example",
+                              "client_ip": "127.0.0.1", "proto": "http", "port": "8080", "request_id": "rid-1",
+                              "trusted_peer": False}
     kwargs.update(overrides)
-    return upstream_request_headers(env, **kwargs)
+    headers = upstream_request_headers(env, **kwargs)
+    assert len({name.lower() for name, _ in headers}) == len(headers), f"a header is sent twice: {headers}"
+    return dict(headers)
 
 
 def lower_names(headers: dict[str, str]) -> set[str]:
@@ -130,10 +133,9 @@ def test_empty_content_type_and_length_are_not_sent() -> None:
     assert "content-length" not in lower_names(headers)
 
 
-def test_urllib3_defaults_are_suppressed_unless_sent() -> None:
+def test_nothing_is_invented() -> None:
     absent = upstream(environ())
-    assert absent["User-Agent"] is SKIP_HEADER
-    assert absent["Accept-Encoding"] is SKIP_HEADER
+    assert not {"user-agent", "accept-encoding", "accept", "connection"} & lower_names(absent)
     sent = upstream(environ(HTTP_USER_AGENT="curl/8", HTTP_ACCEPT_ENCODING="gzip"))
     assert sent["User-Agent"] == "curl/8"
     assert sent["Accept-Encoding"] == "gzip"
@@ -279,3 +281,38 @@ def test_missing_peer_is_a_dash() -> None:
     env = environ()
     del env["REMOTE_ADDR"]
     assert client_address(env, ()) == "-"
+
+
+@pytest.mark.parametrize("nominated", ["Host", "Content-Length", "Content-Type", "X-Forwarded-For",
+                                       "X-Real-IP", "X-Request-ID", "X-Forwarded-Host", "X-Forwarded-Proto"])
+def test_connection_cannot_remove_identity_framing_or_proxy_headers(nominated: str) -> None:
+    headers = upstream(environ(HTTP_HOST="app.example", HTTP_CONNECTION=f"keep-alive, {nominated}",
+                               CONTENT_TYPE="text/plain", CONTENT_LENGTH="3"))
+    assert nominated.lower() in lower_names(headers)
+
+
+def test_connection_still_removes_what_it_names() -> None:
+    headers = upstream(environ(HTTP_CONNECTION="X-Secret", HTTP_X_SECRET="1"))
+    assert "x-secret" not in lower_names(headers)
+
+
+def test_absolute_form_host_replaces_the_clients() -> None:
+    headers = upstream(environ(HTTP_HOST="b.test"), host="a.test", routed_host="a.test")
+    assert headers["Host"] == "a.test"
+
+
+def test_forwarded_host_is_the_routed_host() -> None:
+    headers = upstream(environ(HTTP_HOST="App.Example:8080"), routed_host="app.example")
+    assert headers["X-Forwarded-Host"] == "app.example"
+
+
+def test_forwarding_claims_of_an_untrusted_peer_are_dropped() -> None:
+    headers = upstream(environ(HTTP_X_FORWARDED_HOST="evil.test", HTTP_FORWARDED="host=evil.test"))
+    assert headers["X-Forwarded-Host"] == "app.example"
+    assert "forwarded" not in lower_names(headers)
+
+
+def test_forwarding_claims_of_a_trusted_proxy_are_kept() -> None:
+    headers = upstream(environ(HTTP_X_FORWARDED_HOST="shop.test", HTTP_FORWARDED="for=1.2.3.4"), trusted_peer=True)
+    assert headers["X-Forwarded-Host"] == "shop.test"
+    assert headers["Forwarded"] == "for=1.2.3.4"

@@ -192,6 +192,8 @@ class ResponseReader:
             raise BackendUnavailable(f"{self.backend_url}: {exc}") from exc
 
     def _parse_head(self, raw: bytes) -> ResponseHead:
+        if not raw.startswith((b"HTTP/1.1 ", b"HTTP/1.0 ")):  # llhttp also takes RTSP/ and ICE/
+            raise BackendProtocolError(f"{self.backend_url}: not an HTTP/1.x status line: {raw[:40]!r}")
         message = _Message()
         parser = _new_parser(message)
         try:

@@ -74,11 +74,14 @@ class ResponseHead:
 class _Message:
     """httptools callbacks for one response: collects the head, then the body pieces."""
 
-    __slots__ = ("begun", "body", "complete", "headers", "headers_done", "reason")
+    __slots__ = ("begun", "body", "complete", "framing", "headers", "headers_done", "reason")
 
     def __init__(self) -> None:
         self.begun = False
         self.headers: list[tuple[bytes, bytes]] = []
+        #: ``Content-Length``, ``Transfer-Encoding`` and ``Connection`` (lower-cased names),
+        #: set apart as they arrive so framing is decided without another pass.
+        self.framing: list[tuple[bytes, bytes]] = []
         self.reason = b""
         self.body: list[bytes] = []
         self.headers_done = False
@@ -93,8 +96,13 @@ class _Message:
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self.headers_done:  # trailers of a chunked body are not relayed
-            self.headers.append((name, value))
+        if self.headers_done:  # trailers of a chunked body are not relayed
+            return
+        if len(name) in _FRAMING_LENGTHS and (lower := name.lower()) in _FRAMING:
+            self.framing.append((lower, value))
+            if lower != b"connection":
+                return
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
@@ -104,6 +112,10 @@ class _Message:
 
     def on_message_complete(self) -> None:
         self.complete = True
+
+
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+_FRAMING_LENGTHS = frozenset(len(name) for name in _FRAMING)
 
 
 class _Unsolicited(Exception):
@@ -212,7 +224,7 @@ class ResponseReader:
         self._message, self._parser = message, parser
         head = ResponseHead(status, message.reason.decode("latin-1"),
                             [(n.decode("latin-1"), v.decode("latin-1")) for n, v in message.headers], raw)
-        head.keep_alive = parser.get_http_version() == "1.1"  # 1.0 keep-alive is not worth the doubt
+        head.keep_alive = raw[7] == 49  # HTTP/1.1; 1.0 keep-alive is not worth the doubt
         return head
 
     def _check_upgrade(self, head: ResponseHead, upgrade: str | None) -> None:
@@ -226,34 +238,27 @@ class ResponseReader:
 
     def _frame(self, head: ResponseHead, method: str) -> None:
         """Decide the body's framing and whether the connection can be reused after it."""
-        lengths: list[str] = []
-        codings: list[str] = []
-        relayed: list[tuple[str, str]] = []
-        for name, value in head.headers:
-            lower = name.lower()
-            if lower == "content-length":
+        lengths: list[bytes] = []
+        codings: list[bytes] = []
+        for name, value in self._message.framing:
+            if name == b"content-length":
                 lengths.append(value)
-            elif lower == "transfer-encoding":
-                codings.extend(t.strip().lower() for t in value.split(","))
-            elif lower == "connection":
-                if "close" in (t.strip().lower() for t in value.split(",")):
-                    head.keep_alive = False
-                relayed.append((name, value))
-            else:
-                relayed.append((name, value))
+            elif name == b"transfer-encoding":
+                codings.extend(t.strip().lower() for t in value.split(b","))
+            elif b"close" in (t.strip().lower() for t in value.split(b",")):
+                head.keep_alive = False
         if codings:
-            if codings != ["chunked"]:
+            if codings != [b"chunked"]:
                 raise BackendProtocolError(f"{self.backend_url}: unsupported Transfer-Encoding {codings}")
             head.chunked = True
             if lengths:  # both: chunked wins, and this connection's framing is suspect
                 head.keep_alive = False
         elif lengths:
             head.content_length = int(lengths[0])  # llhttp (or the canonical head) left one value
-            relayed.append(("Content-Length", lengths[0]))
+            head.headers.append(("Content-Length", lengths[0].decode("latin-1")))
         no_body = method == "HEAD" or head.status in (204, 304)
         if not no_body and not codings and not lengths:
             head.keep_alive = False  # the body ends when the backend closes
-        head.headers = relayed
         if no_body or self._message.complete:
             self._finish(extra=bool(self.buffer))
 

@@ -70,7 +70,7 @@ def test_chunked_wins_over_content_length_and_the_connection_is_not_reused(pair)
 
 @pytest.mark.parametrize("lengths", [b"Content-Length: 5, 5\r\n", b"Content-Length: 5\r\nContent-Length: 5\r\n"])
 def test_identical_content_lengths_are_one(pair, lengths: bytes) -> None:
-    reader, head, body = read(pair, b"HTTP/1.1 200 OK\r\n" + lengths + b"\r\nhello")
+    _reader, head, body = read(pair, b"HTTP/1.1 200 OK\r\n" + lengths + b"\r\nhello")
     assert body == b"hello" and head.content_length == 5
     assert [v for n, v in head.headers if n.lower() == "content-length"] == ["5"]
 
@@ -140,12 +140,12 @@ def test_invalid_chunk_is_broken(pair) -> None:
 
 
 def test_body_until_close_is_complete_but_never_reused(pair) -> None:
-    reader, head, body = read(pair, b"HTTP/1.1 200 OK\r\n\r\nall of it", close=True)
+    reader, _head, body = read(pair, b"HTTP/1.1 200 OK\r\n\r\nall of it", close=True)
     assert body == b"all of it" and reader.complete and not reader.reusable
 
 
 def test_head_response_has_no_body_whatever_its_length(pair) -> None:
-    reader, head, body = read(pair, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", method="HEAD")
+    reader, _head, body = read(pair, b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", method="HEAD")
     assert body == b"" and reader.complete and reader.reusable
 
 
@@ -156,7 +156,7 @@ def test_head_response_has_no_body_whatever_its_length(pair) -> None:
     b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
 ])
 def test_connection_is_not_reused_after_extra_bytes_close_or_http10(pair, data: bytes) -> None:
-    reader, head, body = read(pair, data)
+    reader, _head, body = read(pair, data)
     assert reader.complete and not reader.reusable
     assert b"stale" not in body
 

@@ -14,6 +14,7 @@ import redis
 
 from cjs_proxy.embedded import ping
 from tests.harness import Backend, Proxy, RedisServer, WebSocketBackend
+from tests.scripted_backend import Answer, ScriptedBackend
 
 
 @pytest.fixture(scope="session")
@@ -97,3 +98,35 @@ def data_dir() -> Iterator[Path]:
 def host() -> str:
     """A fresh host name, so tests never see each other's routes."""
     return f"app-{uuid.uuid4().hex[:10]}.test"
+
+
+@pytest.fixture()
+def make_scripted() -> Iterator[Callable[..., ScriptedBackend]]:
+    """Start in-process raw-socket backends (see tests/scripted_backend.py).
+
+    Every backend started is stopped after the test, whatever its outcome, so no
+    thread or socket outlives it.
+    """
+    started: list[ScriptedBackend] = []
+
+    def start(script: dict[str, Answer] | None = None) -> ScriptedBackend:
+        backend = ScriptedBackend(script)
+        started.append(backend)
+        return backend
+
+    yield start
+    for backend in started:
+        backend.stop()
+
+
+@pytest.fixture()
+def scripted(make_scripted: Callable[..., ScriptedBackend]) -> ScriptedBackend:
+    """One scripted backend; tests add answers with ``scripted.script[path] = ...``."""
+    return make_scripted()
+
+
+@pytest.fixture()
+def scripted_host(rdb: redis.Redis, scripted: ScriptedBackend, host: str) -> str:
+    """``host`` routed to the scripted backend only."""
+    rdb.rpush(f"frontend:{host}", "scripted-app", scripted.url)
+    return host

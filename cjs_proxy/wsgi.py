@@ -153,7 +153,7 @@ class ProxyApp:
 
     def _with_retries(self, exchange: Exchange, host: str, body: RequestBody | None,
                       attempt: Callable[[], T]) -> T:
-        """Run ``attempt`` on a backend; on a connection failure mark it dead and try another.
+        """Run ``attempt`` on a backend; on a connection failure count it against it and try another.
 
         The route is read again before each retry, so the new dead mark (and any
         change an operator made) is seen. A request is retried only while no backend
@@ -173,7 +173,7 @@ class ProxyApp:
             try:
                 return attempt()
             except BackendUnavailable as exc:
-                self.health.mark_dead(exchange.route, exchange.backend, exc.detail)
+                self.health.record_failure(exchange.route, exchange.backend, exc.detail)
                 tried.append(exchange.backend.url)
                 last_error = exc
                 if exchange.retries >= self.retries or not may_retry(exc, exchange, body):
@@ -472,7 +472,8 @@ def create_app(settings: config.Settings | None = None) -> ProxyApp:
     cache = RouteCache(InvalidationFeed(read_url, settings["server.redisTimeout"])) \
         if settings["server.routeCache"] else None
     router = Router(store, settings["server.staleRouteTTL"], cache=cache)
-    health = BackendHealth(store, settings["server.deadBackendTTL"], settings["server.deadBackendOn500"])
+    health = BackendHealth(store, settings["server.deadBackendTTL"], settings["server.deadBackendOn500"],
+                           dead_after=settings["server.deadBackendAfter"])
     use_kernel_poll_for_liveness_checks()
     tcp_timeout = settings["server.tcpTimeout"]
     upstream = Upstream(make_session(settings["server.maxSockets"]),

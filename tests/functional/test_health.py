@@ -107,7 +107,8 @@ def test_only_backend_down_answers_502_at_once_and_is_never_marked(proxy, rdb, h
     ("/status/503", True),
     ("/status/503?retry_after=30", False),  # maintenance, not death
     ("/status/404", False),
-    ("/status/501", True),
+    ("/status/501", False),  # about the request (a method the app lacks), not the backend
+    ("/status/505", False),
     ("/status/504", True),
 ])
 def test_backend_answers_that_mark_dead(proxy, backends, rdb, host, path, marked):
@@ -116,6 +117,32 @@ def test_backend_answers_that_mark_dead(proxy, backends, rdb, host, path, marked
     response = get(proxy, host, path)
     assert response.status_code == int(path.split("/")[2][:3])  # relayed as is
     assert bool(rdb.sismember(f"dead:{host}", 0)) is marked
+
+
+def test_unknown_method_answered_501_marks_nothing(proxy, backends, rdb, host):
+    rdb.rpush(f"frontend:{host}", "app", backends[0].url, backends[1].url)
+    for _ in range(6):  # Hipache marked one backend dead per request: two took the app down
+        response = requests.request("FOO", f"{proxy.url}/", headers={"Host": host}, timeout=10)
+        assert response.status_code == 501  # the backend's own answer, relayed
+    assert not rdb.exists(f"dead:{host}")
+    assert get(proxy, host).status_code == 200
+
+
+def test_dead_after_counts_failures_in_a_row(make_proxy, backends, rdb, host):
+    proxy = make_proxy(server_deadBackendAfter=3)  # one worker: one streak to follow
+    rdb.rpush(f"frontend:{host}", "app", backends[0].url, backends[1].url)
+    rdb.sadd(f"dead:{host}", 1)  # so every request goes to backend 0
+
+    def fail_twice() -> None:
+        for _ in range(2):
+            assert get(proxy, host, "/status/502").status_code == 502
+        assert not rdb.sismember(f"dead:{host}", 0)
+
+    fail_twice()
+    assert get(proxy, host, "/status/404").status_code == 404  # an answer: the streak ends
+    fail_twice()
+    assert get(proxy, host, "/status/502").status_code == 502  # the third in a row
+    assert rdb.sismember(f"dead:{host}", 0)
 
 
 def test_every_backend_marked_dead_still_serves_panic_mode(proxy, backends, rdb, host):

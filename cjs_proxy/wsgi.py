@@ -26,6 +26,7 @@ from .exceptions import BackendTimeout, BackendUnavailable, BadRequest, NoLiveBa
 from .headers import (
     client_address,
     downstream_response_headers,
+    escape_header_value,
     is_trusted,
     new_request_id,
     parse_networks,
@@ -308,7 +309,7 @@ class ProxyApp:
         status, headers, body = self.pages.response(error.status, error.detail)
         headers.extend(error.headers)
         if self._wants_debug(exchange):
-            headers.append(("x-debug-error", error.detail.replace("\r", " ").replace("\n", " ")))
+            headers.append(("x-debug-error", escape_header_value(error.detail)))
             if exchange.route is not None:
                 headers.extend(self._debug_headers(exchange))
         exchange.status = error.status
@@ -324,10 +325,10 @@ class ProxyApp:
         """Hipache's ``x-debug-*`` headers (times in milliseconds)."""
         headers = []
         if exchange.route is not None:
-            headers += [("x-debug-vhost", exchange.route.identifier),
+            headers += [("x-debug-vhost", escape_header_value(exchange.route.identifier)),
                         ("x-debug-frontend-key", exchange.route.frontend.key)]
         if exchange.backend is not None:
-            headers += [("x-debug-backend-url", exchange.backend.url),
+            headers += [("x-debug-backend-url", escape_header_value(exchange.backend.url)),
                         ("x-debug-backend-id", str(exchange.backend.id))]
         now = time.perf_counter()
         headers.append(("x-debug-time-total", f"{(now - exchange.started) * 1000:.3f}"))

@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from tests.harness import Backend, free_port
+from tests.harness import Backend, Proxy, free_port
 
 
 @pytest.fixture()
@@ -20,6 +20,14 @@ def pair(tmp_path):
     yield started
     for backend in started:
         backend.stop()
+
+
+@pytest.fixture(scope="module")
+def one_worker_proxy(workdir, redis_server):
+    """A proxy with one worker, so a rate-limited log line appears exactly once."""
+    started = Proxy(workdir / "proxy-health-one-worker", redis_server.url)
+    yield started
+    started.stop()
 
 
 def get(proxy, host, path="/echo", **kwargs):
@@ -189,3 +197,17 @@ def test_health_check_marks_down_backends_and_recovers_them(proxy, pair, rdb, ho
     assert not rdb.exists(f"dead:{host}")
     seen = {get(proxy, host).json()["server"] for _ in range(30)}
     assert seen == {"left", "right"}
+
+
+def test_identifier_with_control_characters_is_escaped(one_worker_proxy, backends, rdb, host):
+    rdb.rpush(f"frontend:{host}", "app\r\nX-Injected: 1\x07", backends[0].url)
+    response = get(one_worker_proxy, host, headers={"X-Debug": "1"})
+    assert response.status_code == 200
+    assert response.headers["x-debug-vhost"] == "app\\x0D\\x0AX-Injected: 1\\x07"
+    assert "x-injected" not in response.headers
+    deadline = time.monotonic() + 10
+    while host not in one_worker_proxy.access_log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = [line for line in one_worker_proxy.access_log.read_text().splitlines() if "X-Injected" in line]
+    assert len(lines) == 1 and lines[0].startswith("127.0.0.1 ")  # escaped, not a line of its own
+    assert '"app\\x0D\\x0AX-Injected: 1\\x07"' in lines[0]

@@ -10,6 +10,7 @@ from urllib3.util import SKIP_HEADER
 from cjs_proxy.headers import (
     client_address,
     downstream_response_headers,
+    escape_header_value,
     is_hop_by_hop,
     new_request_id,
     parse_networks,
@@ -279,3 +280,14 @@ def test_missing_peer_is_a_dash() -> None:
     env = environ()
     del env["REMOTE_ADDR"]
     assert client_address(env, ()) == "-"
+
+
+@pytest.mark.parametrize(("value", "escaped"), [
+    ("mywebsite", "mywebsite"),
+    ("my website (prod)", "my website (prod)"),
+    ("app\r\nX-Injected: 1", "app\\x0D\\x0AX-Injected: 1"),
+    ("tab\there\x00\x7f", "tab\\x09here\\x00\\x7F"),
+    ("café 日本", "caf\\xE9 \\u65E5\\u672C"),
+])
+def test_escape_header_value(value: str, escaped: str) -> None:
+    assert escape_header_value(value) == escaped

@@ -11,6 +11,10 @@ worker has seen ``server.deadBackendAfter`` failures in a row from it (1, the de
 is Hipache's behaviour); any other answer resets its count. The only backend of a
 frontend is never marked; and when every backend is marked, they are all tried anyway
 (panic mode, as Envoy does) instead of answering 502 to everyone.
+
+Backends whose URL is malformed (``Route.unusable``: bad data in Redis) are never
+chosen nor marked; they are reported in one rate-limited line naming the ``frontend:``
+key, and a frontend left with none answers 502 (``InvalidFrontend``), never 500.
 """
 
 from __future__ import annotations
@@ -22,13 +26,16 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from .eventlog import EventLog
-from .exceptions import NoLiveBackend
+from .exceptions import InvalidFrontend, NoLiveBackend
 from .router import Route
 from .store import RouteStore, StoreError
 
 log = logging.getLogger("cjs_proxy.health")
 #: Backends whose failure streak a worker remembers; past this the oldest streak is forgotten.
 FAILURE_STREAKS_MAX = 4096
+#: Malformed backend URLs named in one log line; longer URLs are cut at ``SHOWN_CHARS``.
+MAX_SHOWN = 3
+SHOWN_CHARS = 100
 
 
 @dataclass(frozen=True)
@@ -39,31 +46,47 @@ class Backend:
     url: str
 
 
+def usable_backends(route: Route) -> list[Backend]:
+    """The backends whose URL is well formed (see ``Route.unusable``), dead or not."""
+    unusable = route.unusable
+    return [Backend(i, url) for i, url in enumerate(route.backends) if i not in unusable]
+
+
 def live_backends(route: Route) -> list[Backend]:
     dead = route.frontend.dead
-    return [Backend(i, url) for i, url in enumerate(route.backends) if i not in dead]
+    return [b for b in usable_backends(route) if b.id not in dead]
 
 
 def choose_backend(route: Route, rng: random.Random = random._inst,  # type: ignore[attr-defined]
                    tried: Collection[str] = ()) -> tuple[Backend, bool]:
     """A backend picked uniformly at random among the live ones not tried yet.
 
-    Returns ``(backend, panic)``; ``panic`` is true when every backend is marked dead
-    and the choice was made among all of them. Raises ``NoLiveBackend`` when there is
-    nothing left to try.
+    Returns ``(backend, panic)``; ``panic`` is true when every usable backend is marked
+    dead and the choice was made among all of them. Raises ``InvalidFrontend`` when the
+    frontend has backends but none with a usable URL, ``NoLiveBackend`` when there is
+    nothing (else) left to try.
     """
     if not route.backends:
         raise NoLiveBackend(f"frontend {route.frontend.key!r} lists no backend")
-    candidates = [b for b in live_backends(route) if b.url not in tried]
+    usable = usable_backends(route)
+    if not usable:
+        raise InvalidFrontend(f"frontend {route.frontend.key!r} has no usable backend URL")
+    dead = route.frontend.dead
+    untried = [b for b in usable if b.url not in tried] if tried else usable
+    candidates = [b for b in untried if b.id not in dead]
     panic = False
-    if not candidates and len(route.frontend.dead.intersection(range(len(route.backends)))) == len(route.backends):
-        candidates = [Backend(i, url) for i, url in enumerate(route.backends) if url not in tried]
-        panic = True
+    if not candidates and all(b.id in dead for b in usable):
+        candidates, panic = untried, True
     if not candidates:
         raise NoLiveBackend(f"no untried live backend left for {route.frontend.key!r}")
     if len(candidates) == 1:
         return candidates[0], panic
     return candidates[rng.randrange(len(candidates))], panic
+
+
+def shown(url: str) -> str:
+    """``url`` for a log line: quoted, escaped (``ascii``: no CR/LF can get through), shortened."""
+    return ascii(url[:SHOWN_CHARS]) + ("..." if len(url) > SHOWN_CHARS else "")
 
 
 def is_failure_answer(status: int, headers: Iterable[tuple[str, str]], dead_on_500: bool) -> bool:
@@ -95,11 +118,29 @@ class BackendHealth:
         self.streaks: dict[tuple[str, str], int] = {}
 
     def choose(self, route: Route, tried: Collection[str] = ()) -> Backend:
+        if route.unusable and not tried:  # once per request, not once per retry
+            self.report_unusable(route)
         backend, panic = choose_backend(route, self.rng, tried)
         if panic:
             self.events.record(f"panic:{route.host}",
                                f"every backend of {route.host} is marked dead: trying them anyway (panic mode)")
         return backend
+
+    def report_unusable(self, route: Route) -> None:
+        """One log line per frontend and interval naming its Redis key and the URLs skipped.
+
+        The URLs are shown escaped and shortened: they are data from Redis, and must not
+        be able to add lines to the log.
+        """
+        key = self.store.frontend_key(route.frontend.key)
+        skipped = [f"#{i} {shown(route.backends[i])} ({problem})"
+                   for i, problem in sorted(route.unusable.items())[:MAX_SHOWN]]
+        more = len(route.unusable) - len(skipped)
+        outcome = ("no usable backend left: answering 502" if len(route.unusable) == len(route.backends)
+                   else "serving from the others")
+        self.events.record(f"unusable:{key}",
+                           f"{key}: malformed backend URL skipped: {', '.join(skipped)}"
+                           f"{f' and {more} more' if more else ''}; {outcome}")
 
     def check_answer(self, route: Route, backend: Backend, status: int,
                      headers: Iterable[tuple[str, str]]) -> None:
@@ -124,9 +165,9 @@ class BackendHealth:
                            f"{count} of {self.dead_after} in a row before it is marked dead", logging.INFO)
 
     def mark_dead(self, route: Route, backend: Backend, reason: str) -> None:
-        """Mark ``backend`` dead for the requested host, unless it is the only one."""
+        """Mark ``backend`` dead for the requested host, unless it is the only usable one."""
         count = len(route.backends)
-        if count < 2:
+        if count - len(route.unusable) < 2:
             log.warning("%s: backend #%d %s is failing (%s); only backend, not marked dead",
                         route.host, backend.id, backend.url, reason)
             return

@@ -303,7 +303,7 @@ class ProxyApp:
     def _answer_error(self, exchange: Exchange, start_response: StartResponse,
                       error: ProxyError) -> list[bytes]:
         """The one place a ``ProxyError`` becomes a response (and a log line)."""
-        if error.status >= 500 or error.status == 499:
+        if (error.status >= 500 or error.status == 499) and not error.logged:
             log.warning("%s %s (host %s): %s", error.status, type(error).__name__,
                         exchange.environ.get("HTTP_HOST"), error.detail)
         status, headers, body = self.pages.response(error.status, error.detail)

@@ -1,4 +1,4 @@
-"""Backend health: dead marks shared through Redis, retries, panic mode, active checks."""
+"""Backend health: dead marks shared through Redis, retries, panic mode, malformed routes, active checks."""
 
 from __future__ import annotations
 
@@ -28,6 +28,16 @@ def one_worker_proxy(workdir, redis_server):
     started = Proxy(workdir / "proxy-health-one-worker", redis_server.url)
     yield started
     started.stop()
+
+
+def wait_for_log(proxy, text, timeout=10.0):
+    """The proxy's log lines holding ``text``, once there is at least one (polled)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in proxy.log().splitlines() if text in line]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
 
 
 def get(proxy, host, path="/echo", **kwargs):
@@ -197,6 +207,45 @@ def test_health_check_marks_down_backends_and_recovers_them(proxy, pair, rdb, ho
     assert not rdb.exists(f"dead:{host}")
     seen = {get(proxy, host).json()["server"] for _ in range(30)}
     assert seen == {"left", "right"}
+
+
+# ------------------------------------------------------------------ bad data in Redis
+
+MALFORMED = [
+    "http://127.0.0.1:notaport/",
+    "ftp://x",
+    "http://",
+    "garbage",
+    "http://127.0.0.1:9/\r\nX-Injected: 1",
+    "http://127.0.0.1 :9",
+    "http://127.0.0.1:99999",
+]
+
+
+@pytest.mark.parametrize("url", MALFORMED)
+def test_malformed_backend_url_is_a_logged_502_not_a_500(one_worker_proxy, rdb, host, url):
+    rdb.rpush(f"frontend:{host}", "app", url)
+    for _ in range(3):
+        response = get(one_worker_proxy, host, headers={"X-Debug": "1"})
+        assert response.status_code == 502
+        assert "<title>Application unavailable</title>" in response.text
+    lines = wait_for_log(one_worker_proxy, f"frontend:{host}")
+    assert len(lines) == 1, lines  # one line, rate-limited, not one per request
+    assert "malformed backend URL" in lines[0]
+    assert not [line for line in one_worker_proxy.log().splitlines() if line.startswith("X-Injected")]
+    assert "Traceback" not in one_worker_proxy.log()
+
+
+def test_malformed_url_beside_a_good_one_still_serves(one_worker_proxy, backends, rdb, host):
+    rdb.rpush(f"frontend:{host}", "app", "http://127.0.0.1:notaport/", backends[0].url, "ftp://x")
+    for _ in range(10):
+        response = get(one_worker_proxy, host, headers={"X-Debug": "1"})
+        assert response.status_code == 200
+        assert response.headers["x-debug-backend-id"] == "1"
+    lines = wait_for_log(one_worker_proxy, f"frontend:{host}")
+    assert len(lines) == 1, lines
+    assert "#0 " in lines[0] and "#2 " in lines[0] and "serving from the others" in lines[0]
+    assert not rdb.exists(f"dead:{host}")
 
 
 def test_identifier_with_control_characters_is_escaped(one_worker_proxy, backends, rdb, host):

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import Counter
 
 import pytest
 
-from cjs_proxy.exceptions import NoLiveBackend
+from cjs_proxy.exceptions import InvalidFrontend, NoLiveBackend
 from cjs_proxy.health import (
     FAILURE_STREAKS_MAX,
     Backend,
@@ -143,6 +144,9 @@ class FakeStore:
         self.error = error
         self.marks: list[tuple[str, int, str, int, int]] = []
 
+    def frontend_key(self, host: str) -> str:
+        return f"frontend:{host}"
+
     def mark_dead(self, host: str, backend_id: int, backend_url: str, backend_count: int,
                   ttl: int) -> bool:
         if self.error:
@@ -257,3 +261,77 @@ def test_streaks_memory_is_bounded() -> None:
         policy.record_failure(route(host=f"h{i}.example"), BACKEND, "timeout")
     assert len(policy.streaks) == FAILURE_STREAKS_MAX
     assert ("h0.example", URLS[2]) not in policy.streaks  # the oldest went first
+
+
+# ------------------------------------------------------------------ malformed backend URLs
+
+BAD = ("http://127.0.0.1:notaport/", "ftp://x", "http://10.0.0.9:80/\r\nX-Injected: 1")
+
+
+def test_malformed_urls_are_never_chosen() -> None:
+    rng = random.Random(2)
+    r = route(backends=(BAD[0], URLS[0], BAD[1], URLS[1]))
+    assert {choose_backend(r, rng)[0] for _ in range(100)} == {Backend(1, URLS[0]), Backend(3, URLS[1])}
+
+
+def test_no_usable_url_raises_invalid_frontend_as_a_logged_502() -> None:
+    with pytest.raises(InvalidFrontend) as info:
+        choose_backend(route(backends=BAD))
+    assert info.value.status == 502
+    assert info.value.logged  # the health policy's rate-limited line, not one per request
+
+
+def test_panic_mode_is_among_usable_backends_only() -> None:
+    rng = random.Random(4)
+    r = route(backends=(BAD[1], URLS[0], URLS[1]), dead={1, 2})
+    picks = {choose_backend(r, rng) for _ in range(50)}
+    assert picks == {(Backend(1, URLS[0]), True), (Backend(2, URLS[1]), True)}
+
+
+def test_a_dead_good_backend_beside_malformed_ones_is_still_tried_in_panic_mode() -> None:
+    backend, panic = choose_backend(route(backends=(BAD[1], URLS[0]), dead={1}))
+    assert backend == Backend(1, URLS[0]) and panic
+
+
+def test_only_usable_backend_is_never_marked() -> None:
+    store = FakeStore()
+    health(store).record_failure(route(backends=(BAD[1], URLS[0])), Backend(1, URLS[0]), "refused")
+    assert store.marks == []
+
+
+def test_malformed_urls_are_logged_once_per_interval_naming_the_key(caplog: pytest.LogCaptureFixture) -> None:
+    policy = health(FakeStore())
+    r = route(backends=(BAD[2], URLS[0]), host="x.app.example")
+    with caplog.at_level(logging.WARNING, logger="cjs_proxy.health"):
+        for _ in range(5):
+            assert policy.choose(r) == Backend(1, URLS[0])
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 1
+    assert lines[0].startswith("frontend:x.app.example: ")
+    assert "#0 " in lines[0] and "serving from the others" in lines[0]
+    assert "\r" not in lines[0] and "\n" not in lines[0]  # escaped: no forged log line
+
+
+def test_no_usable_url_is_logged_before_the_502(caplog: pytest.LogCaptureFixture) -> None:
+    policy = health(FakeStore())
+    with caplog.at_level(logging.WARNING, logger="cjs_proxy.health"), pytest.raises(InvalidFrontend):
+        policy.choose(route(backends=BAD))
+    assert len(caplog.records) == 1
+    assert "frontend:app.example" in caplog.records[0].getMessage()
+    assert "answering 502" in caplog.records[0].getMessage()
+
+
+def test_retries_do_not_log_again(caplog: pytest.LogCaptureFixture) -> None:
+    policy = health(FakeStore())
+    policy.events.clock = iter(range(0, 1000, 60)).__next__  # every call a new interval
+    r = route(backends=(BAD[1], URLS[0], URLS[1]))
+    with caplog.at_level(logging.WARNING, logger="cjs_proxy.health"):
+        first = policy.choose(r)
+        policy.choose(r, tried=[first.url])
+    assert len(caplog.records) == 1
+
+
+def test_long_malformed_urls_are_shortened_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="cjs_proxy.health"), pytest.raises(InvalidFrontend):
+        health(FakeStore()).choose(route(backends=("x" * 100_000,)))
+    assert len(caplog.records[0].getMessage()) < 400

@@ -294,7 +294,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.retryOnError", 3, integer(0),
             "Retries on another backend after a connection error."),
     Setting("server.deadBackendOn500", True, boolean,
-            "Whether a backend answering 500 is marked dead."),
+            "Whether a backend answering 500 counts as failing (see `server.deadBackendAfter`)."),
     Setting("server.httpKeepAlive", False, boolean,
             "Accepted for Hipache compatibility; backend connections are always pooled "
             "and reused, up to `server.maxSockets`."),
@@ -328,6 +328,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Group the workers switch to when started as root; null means the user's "
             "primary group."),
     # cjs-proxy's own keys.
+    Setting("server.deadBackendAfter", 1, integer(1),
+            "Failures in a row (refused or broken connection, timeout, 502, 503 without "
+            "`Retry-After`, 504, 500 with `server.deadBackendOn500`) one worker sees from a "
+            "backend before it is marked dead; any other answer resets the count. 1 is "
+            "Hipache's behaviour."),
     Setting("server.connectTimeout", None, optional(number()),
             "Seconds to wait for a backend connection; null means `server.tcpTimeout`."),
     Setting("server.keepAliveTimeout", 5, integer(0),

@@ -18,6 +18,8 @@ class ProxyError(Exception):
 
     status = 500
     reason = "Internal proxy error"
+    #: True when whoever raised it already logged it (rate-limited): no line per answer then.
+    logged = False
 
     def __init__(self, detail: str | None = None) -> None:
         super().__init__(detail or self.reason)
@@ -72,6 +74,17 @@ class NoLiveBackend(ProxyError):
 
     status = 502
     reason = "No backend available for this host"
+
+
+class InvalidFrontend(NoLiveBackend):
+    """The frontend lists backends, but none with a usable URL: bad data in Redis.
+
+    The health policy logs it, naming the ``frontend:`` key, at most once per interval;
+    a line per request would let one broken entry flood the log.
+    """
+
+    reason = "No usable backend URL for this host"
+    logged = True
 
 
 class BackendUnavailable(ProxyError):

@@ -34,6 +34,20 @@ _VALID_VALUE = re.compile(r"[ \t\x21-\x7e\x80-\xff]*")
 log = logging.getLogger("cjs_proxy.headers")
 
 
+def escape_header_value(value: str) -> str:
+    """``value`` made safe for a response header the proxy writes from data it does not control.
+
+    Debug headers carry what Redis holds (a frontend identifier) and error details;
+    gunicorn refuses a response whose header holds a CR, LF or other control character
+    (the client would get a 500), so anything but printable ASCII becomes ``\\xHH``
+    (``\\uHHHH`` above U+00FF), as control characters are in the access log.
+    """
+    if value.isascii() and value.isprintable():
+        return value
+    return "".join(c if c.isascii() and c.isprintable() else
+                   (f"\\x{ord(c):02X}" if ord(c) < 0x100 else f"\\u{ord(c):04X}") for c in value)
+
+
 def _connection_tokens(value: str | None) -> set[str]:
     return {t.strip().lower() for t in value.split(",")} if value else set()
 

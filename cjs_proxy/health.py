@@ -1,11 +1,20 @@
 """Backend health as the proxy sees it: which backend to try, and when to mark one dead.
 
-Passive detection follows Hipache: a backend that refuses connections, times out, or
-answers 501, 502 or 504-599 (500 too with ``server.deadBackendOn500``; 503 only without
-``Retry-After``, which means maintenance) is marked dead in ``dead:<host>`` for
-``server.deadBackendTTL`` seconds, shared by every worker and proxy node. The only
-backend of a frontend is never marked; and when every backend is marked, they are all
-tried anyway (panic mode, as Envoy does) instead of answering 502 to everyone.
+Passive detection counts only signs that a backend is unwell: a refused or broken
+connection, a timeout, a 502, a 504, a 503 without ``Retry-After`` (with it, the
+backend is in maintenance) and, with ``server.deadBackendOn500``, a 500. Any other
+answer (4xx, 501, 505...) says something about the request, not the backend: counting
+those, as Hipache does, would let any client take an app's backends out of rotation
+with a few requests of an unknown method. A backend is marked dead in ``dead:<host>``
+for ``server.deadBackendTTL`` seconds, shared by every worker and proxy node, once one
+worker has seen ``server.deadBackendAfter`` failures in a row from it (1, the default,
+is Hipache's behaviour); any other answer resets its count. The only backend of a
+frontend is never marked; and when every backend is marked, they are all tried anyway
+(panic mode, as Envoy does) instead of answering 502 to everyone.
+
+Backends whose URL is malformed (``Route.unusable``: bad data in Redis) are never
+chosen nor marked; they are reported in one rate-limited line naming the ``frontend:``
+key, and a frontend left with none answers 502 (``InvalidFrontend``), never 500.
 """
 
 from __future__ import annotations
@@ -17,12 +26,16 @@ from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from .eventlog import EventLog
-from .exceptions import NoLiveBackend
+from .exceptions import InvalidFrontend, NoLiveBackend
 from .router import Route
 from .store import RouteStore, StoreError
 
 log = logging.getLogger("cjs_proxy.health")
-
+#: Backends whose failure streak a worker remembers; past this the oldest streak is forgotten.
+FAILURE_STREAKS_MAX = 4096
+#: Malformed backend URLs named in one log line; longer URLs are cut at ``SHOWN_CHARS``.
+MAX_SHOWN = 3
+SHOWN_CHARS = 100
 
 
 @dataclass(frozen=True)
@@ -33,26 +46,37 @@ class Backend:
     url: str
 
 
+def usable_backends(route: Route) -> list[Backend]:
+    """The backends whose URL is well formed (see ``Route.unusable``), dead or not."""
+    unusable = route.unusable
+    return [Backend(i, url) for i, url in enumerate(route.backends) if i not in unusable]
+
+
 def live_backends(route: Route) -> list[Backend]:
     dead = route.frontend.dead
-    return [Backend(i, url) for i, url in enumerate(route.backends) if i not in dead]
+    return [b for b in usable_backends(route) if b.id not in dead]
 
 
 def choose_backend(route: Route, rng: random.Random = random._inst,  # type: ignore[attr-defined]
                    tried: Collection[str] = ()) -> tuple[Backend, bool]:
     """A backend picked uniformly at random among the live ones not tried yet.
 
-    Returns ``(backend, panic)``; ``panic`` is true when every backend is marked dead
-    and the choice was made among all of them. Raises ``NoLiveBackend`` when there is
-    nothing left to try.
+    Returns ``(backend, panic)``; ``panic`` is true when every usable backend is marked
+    dead and the choice was made among all of them. Raises ``InvalidFrontend`` when the
+    frontend has backends but none with a usable URL, ``NoLiveBackend`` when there is
+    nothing (else) left to try.
     """
     if not route.backends:
         raise NoLiveBackend(f"frontend {route.frontend.key!r} lists no backend")
-    candidates = [b for b in live_backends(route) if b.url not in tried]
+    usable = usable_backends(route)
+    if not usable:
+        raise InvalidFrontend(f"frontend {route.frontend.key!r} has no usable backend URL")
+    dead = route.frontend.dead
+    untried = [b for b in usable if b.url not in tried] if tried else usable
+    candidates = [b for b in untried if b.id not in dead]
     panic = False
-    if not candidates and len(route.frontend.dead.intersection(range(len(route.backends)))) == len(route.backends):
-        candidates = [Backend(i, url) for i, url in enumerate(route.backends) if url not in tried]
-        panic = True
+    if not candidates and all(b.id in dead for b in usable):
+        candidates, panic = untried, True
     if not candidates:
         raise NoLiveBackend(f"no untried live backend left for {route.frontend.key!r}")
     if len(candidates) == 1:
@@ -60,42 +84,90 @@ def choose_backend(route: Route, rng: random.Random = random._inst,  # type: ign
     return candidates[rng.randrange(len(candidates))], panic
 
 
-def is_dead_answer(status: int, headers: Iterable[tuple[str, str]], dead_on_500: bool) -> bool:
-    """Whether a backend's HTTP answer means it is dead (Hipache's rule, with its bugs fixed)."""
+def shown(url: str) -> str:
+    """``url`` for a log line: quoted, escaped (``ascii``: no CR/LF can get through), shortened."""
+    return ascii(url[:SHOWN_CHARS]) + ("..." if len(url) > SHOWN_CHARS else "")
+
+
+def is_failure_answer(status: int, headers: Iterable[tuple[str, str]], dead_on_500: bool) -> bool:
+    """Whether a backend's HTTP answer is a sign that the backend itself is unwell.
+
+    Only 502, 504, 503 without ``Retry-After`` and (with ``dead_on_500``) 500 are. A 501,
+    505 or 4xx is the backend's verdict on the request, which any client chooses.
+    """
     if status == 503:
         return not any(name.lower() == "retry-after" for name, _ in headers)
     if status == 500:
         return dead_on_500
-    return status in (501, 502) or 504 <= status <= 599
+    return status in (502, 504)
 
 
 class BackendHealth:
-    """The passive health policy of one worker: choosing, and marking dead in Redis."""
+    """The passive health policy of one worker: choosing, counting failures, marking dead in Redis."""
 
     def __init__(self, store: RouteStore, dead_ttl: int, dead_on_500: bool,
-                 rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic,
+                 dead_after: int = 1) -> None:
         self.store = store
         self.dead_ttl = dead_ttl
         self.dead_on_500 = dead_on_500
+        self.dead_after = dead_after
         self.rng = rng or random.Random()
         self.events = EventLog(log, clock)
+        #: Failures in a row per (requested host, backend URL); only backends on a streak are kept.
+        self.streaks: dict[tuple[str, str], int] = {}
 
     def choose(self, route: Route, tried: Collection[str] = ()) -> Backend:
+        if route.unusable and not tried:  # once per request, not once per retry
+            self.report_unusable(route)
         backend, panic = choose_backend(route, self.rng, tried)
         if panic:
             self.events.record(f"panic:{route.host}",
                                f"every backend of {route.host} is marked dead: trying them anyway (panic mode)")
         return backend
 
+    def report_unusable(self, route: Route) -> None:
+        """One log line per frontend and interval naming its Redis key and the URLs skipped.
+
+        The URLs are shown escaped and shortened: they are data from Redis, and must not
+        be able to add lines to the log.
+        """
+        key = self.store.frontend_key(route.frontend.key)
+        skipped = [f"#{i} {shown(route.backends[i])} ({problem})"
+                   for i, problem in sorted(route.unusable.items())[:MAX_SHOWN]]
+        more = len(route.unusable) - len(skipped)
+        outcome = ("no usable backend left: answering 502" if len(route.unusable) == len(route.backends)
+                   else "serving from the others")
+        self.events.record(f"unusable:{key}",
+                           f"{key}: malformed backend URL skipped: {', '.join(skipped)}"
+                           f"{f' and {more} more' if more else ''}; {outcome}")
+
     def check_answer(self, route: Route, backend: Backend, status: int,
                      headers: Iterable[tuple[str, str]]) -> None:
-        if is_dead_answer(status, headers, self.dead_on_500):
-            self.mark_dead(route, backend, f"answered {status}")
+        """Count a failure answer against ``backend``; any other answer ends its streak."""
+        if is_failure_answer(status, headers, self.dead_on_500):
+            self.record_failure(route, backend, f"answered {status}")
+        else:
+            self.streaks.pop((route.host, backend.url), None)
+
+    def record_failure(self, route: Route, backend: Backend, reason: str) -> None:
+        """One more failure in a row; the ``dead_after``-th marks the backend dead and starts over."""
+        key = (route.host, backend.url)
+        count = self.streaks.pop(key, 0) + 1
+        if count >= self.dead_after:
+            self.mark_dead(route, backend, reason)
+            return
+        if len(self.streaks) >= FAILURE_STREAKS_MAX:
+            del self.streaks[next(iter(self.streaks))]  # the oldest streak: bounded memory
+        self.streaks[key] = count
+        self.events.record(f"failing:{route.host};{backend.url}",
+                           f"{route.host}: backend #{backend.id} {backend.url} failed ({reason}), "
+                           f"{count} of {self.dead_after} in a row before it is marked dead", logging.INFO)
 
     def mark_dead(self, route: Route, backend: Backend, reason: str) -> None:
-        """Mark ``backend`` dead for the requested host, unless it is the only one."""
+        """Mark ``backend`` dead for the requested host, unless it is the only usable one."""
         count = len(route.backends)
-        if count < 2:
+        if count - len(route.unusable) < 2:
             log.warning("%s: backend #%d %s is failing (%s); only backend, not marked dead",
                         route.host, backend.id, backend.url, reason)
             return

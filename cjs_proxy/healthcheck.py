@@ -46,7 +46,10 @@ def probe(url: str, settings: ProbeSettings) -> bool:
     """
     parts = urlsplit(url)
     secure = parts.scheme == "https"
-    host, port = parts.hostname or "127.0.0.1", parts.port or (443 if secure else 80)
+    try:
+        host, port = parts.hostname or "127.0.0.1", parts.port or (443 if secure else 80)
+    except ValueError:  # a malformed URL in Redis (the proxy skips it too): never healthy
+        return False
     try:
         with gevent.Timeout(settings.timeout):
             if parts.scheme not in ("http", "https"):

@@ -2,16 +2,20 @@
 
 Lookup order (Hipache's): the exact host, then ``*.<suffix>`` from the longest suffix
 to the shortest (at most five labels, so an abusive host cannot make a long lookup),
-then ``*``. The first non-empty ``frontend:`` list wins.
+then ``*``. The first non-empty ``frontend:`` list wins. Its backend URLs are checked
+here, once per route: Redis is written by other tools, and a malformed URL must cost
+that backend its turn, not the request a 500.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from .exceptions import InvalidHost, StoreUnavailable, UnknownHost
 from .store import Frontend, InvalidationFeed, LimitVerdict, RouteStore, StoreError
@@ -27,6 +31,10 @@ _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
 _HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _IPV6 = re.compile(r"\[[0-9a-f:.]+\]")
 _PORT = re.compile(r"[0-9]{1,5}")
+#: A backend URL's authority: optional user info (RFC 3986 characters), a host (name,
+#: IPv4, bracketed IPv6) and an optional port.
+_BACKEND_AUTHORITY = re.compile(r"(?:[A-Za-z0-9._~!$&'()*+,;=:%-]*@)?"
+                                r"(?:[A-Za-z0-9_.-]+|\[(?P<ipv6>[0-9A-Fa-f:.]+)\])(?::(?P<port>[0-9]{0,5}))?")
 
 
 def normalize_host(raw: str | None) -> str:
@@ -52,6 +60,38 @@ def normalize_host(raw: str | None) -> str:
     if rest and not (rest[0] == ":" and _PORT.fullmatch(rest[1:])):
         raise InvalidHost(f"malformed port in Host header {raw!r}")
     return name
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def backend_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be a backend, or None when it can.
+
+    A backend is ``http://`` or ``https://``, a host (name, IPv4 or bracketed IPv6) and
+    an optional port 1-65535; a path is allowed and ignored, as Hipache does. Whitespace
+    and control characters are refused anywhere: they would end up in request lines,
+    log lines and debug headers. The host and port are matched here rather than taken
+    from ``urlsplit``, which accepts hosts that urllib3 then refuses with an exception.
+    """
+    if not url.isprintable() or " " in url:
+        return "whitespace or control characters"
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return "not an http:// or https:// URL"
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    address = _BACKEND_AUTHORITY.fullmatch(authority)
+    if address is None or (address.group("ipv6") and not _is_ipv6(address.group("ipv6"))):
+        return "no valid host and port"
+    port = address.group("port")
+    if port and not 1 <= int(port) <= 65535:
+        return "port out of range"
+    return None
 
 
 def lookup_candidates(host: str) -> list[str]:
@@ -81,6 +121,16 @@ class Route:
     @property
     def backends(self) -> tuple[str, ...]:
         return self.frontend.backends
+
+    @cached_property
+    def unusable(self) -> Mapping[int, str]:
+        """Backend ids whose URL is malformed, with why: never chosen, never marked dead."""
+        problems = {}
+        for backend_id, url in enumerate(self.backends):
+            problem = backend_url_problem(url)
+            if problem is not None:
+                problems[backend_id] = problem
+        return problems
 
 
 class RouteCache:

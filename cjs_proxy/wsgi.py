@@ -37,6 +37,7 @@ from .exceptions import (
 from .headers import (
     client_address,
     downstream_response_headers,
+    escape_header_value,
     is_trusted,
     new_request_id,
     parse_networks,
@@ -168,7 +169,7 @@ class ProxyApp:
 
     def _with_retries(self, exchange: Exchange, host: str, body: RequestBody | None,
                       attempt: Callable[[], T]) -> T:
-        """Run ``attempt`` on a backend; on a connection failure mark it dead and try another.
+        """Run ``attempt`` on a backend; on a connection failure count it against it and try another.
 
         The route is read again before each retry, so the new dead mark (and any
         change an operator made) is seen. A request is retried only while no backend
@@ -188,7 +189,7 @@ class ProxyApp:
             try:
                 return attempt()
             except BackendUnavailable as exc:
-                self.health.mark_dead(exchange.route, exchange.backend, exc.detail)
+                self.health.record_failure(exchange.route, exchange.backend, exc.detail)
                 tried.append(exchange.backend.url)
                 last_error = exc
                 if exchange.retries >= self.retries or not may_retry(exc, exchange, body):
@@ -308,13 +309,13 @@ class ProxyApp:
     def _answer_error(self, exchange: Exchange, start_response: StartResponse,
                       error: ProxyError) -> list[bytes]:
         """The one place a ``ProxyError`` becomes a response (and a log line)."""
-        if error.status >= 500 or error.status == 499:
+        if (error.status >= 500 or error.status == 499) and not error.logged:
             log.warning("%s %s (host %s): %s", error.status, type(error).__name__,
                         exchange.environ.get("HTTP_HOST"), error.detail)
         status, headers, body = self.pages.response(error.status, error.detail)
         headers.extend(error.headers)
         if self._wants_debug(exchange):
-            headers.append(("x-debug-error", error.detail.replace("\r", " ").replace("\n", " ")))
+            headers.append(("x-debug-error", escape_header_value(error.detail)))
             if exchange.route is not None:
                 headers.extend(self._debug_headers(exchange))
         exchange.status = error.status
@@ -330,10 +331,10 @@ class ProxyApp:
         """Hipache's ``x-debug-*`` headers (times in milliseconds)."""
         headers = []
         if exchange.route is not None:
-            headers += [("x-debug-vhost", exchange.route.identifier),
+            headers += [("x-debug-vhost", escape_header_value(exchange.route.identifier)),
                         ("x-debug-frontend-key", exchange.route.frontend.key)]
         if exchange.backend is not None:
-            headers += [("x-debug-backend-url", exchange.backend.url),
+            headers += [("x-debug-backend-url", escape_header_value(exchange.backend.url)),
                         ("x-debug-backend-id", str(exchange.backend.id))]
         now = time.perf_counter()
         headers.append(("x-debug-time-total", f"{(now - exchange.started) * 1000:.3f}"))
@@ -501,7 +502,8 @@ def create_app(settings: config.Settings | None = None) -> ProxyApp:
     cache = RouteCache(InvalidationFeed(read_url, settings["server.redisTimeout"])) \
         if settings["server.routeCache"] else None
     router = Router(store, settings["server.staleRouteTTL"], cache=cache)
-    health = BackendHealth(store, settings["server.deadBackendTTL"], settings["server.deadBackendOn500"])
+    health = BackendHealth(store, settings["server.deadBackendTTL"], settings["server.deadBackendOn500"],
+                           dead_after=settings["server.deadBackendAfter"])
     tcp_timeout = settings["server.tcpTimeout"]
     upstream = Upstream(make_session(settings["server.maxSockets"]),
                         connect_timeout=settings["server.connectTimeout"] or tcp_timeout,

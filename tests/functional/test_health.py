@@ -1,4 +1,4 @@
-"""Backend health: dead marks shared through Redis, retries, panic mode, active checks."""
+"""Backend health: dead marks shared through Redis, retries, panic mode, malformed routes, active checks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from tests.harness import Backend, free_port
+from tests.harness import Backend, Proxy, free_port
 
 
 @pytest.fixture()
@@ -20,6 +20,24 @@ def pair(tmp_path):
     yield started
     for backend in started:
         backend.stop()
+
+
+@pytest.fixture(scope="module")
+def one_worker_proxy(workdir, redis_server):
+    """A proxy with one worker, so a rate-limited log line appears exactly once."""
+    started = Proxy(workdir / "proxy-health-one-worker", redis_server.url)
+    yield started
+    started.stop()
+
+
+def wait_for_log(proxy, text, timeout=10.0):
+    """The proxy's log lines holding ``text``, once there is at least one (polled)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in proxy.log().splitlines() if text in line]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
 
 
 def get(proxy, host, path="/echo", **kwargs):
@@ -107,7 +125,8 @@ def test_only_backend_down_answers_502_at_once_and_is_never_marked(proxy, rdb, h
     ("/status/503", True),
     ("/status/503?retry_after=30", False),  # maintenance, not death
     ("/status/404", False),
-    ("/status/501", True),
+    ("/status/501", False),  # about the request (a method the app lacks), not the backend
+    ("/status/505", False),
     ("/status/504", True),
 ])
 def test_backend_answers_that_mark_dead(proxy, backends, rdb, host, path, marked):
@@ -116,6 +135,32 @@ def test_backend_answers_that_mark_dead(proxy, backends, rdb, host, path, marked
     response = get(proxy, host, path)
     assert response.status_code == int(path.split("/")[2][:3])  # relayed as is
     assert bool(rdb.sismember(f"dead:{host}", 0)) is marked
+
+
+def test_unknown_method_answered_501_marks_nothing(proxy, backends, rdb, host):
+    rdb.rpush(f"frontend:{host}", "app", backends[0].url, backends[1].url)
+    for _ in range(6):  # Hipache marked one backend dead per request: two took the app down
+        response = requests.request("FOO", f"{proxy.url}/", headers={"Host": host}, timeout=10)
+        assert response.status_code == 501  # the backend's own answer, relayed
+    assert not rdb.exists(f"dead:{host}")
+    assert get(proxy, host).status_code == 200
+
+
+def test_dead_after_counts_failures_in_a_row(make_proxy, backends, rdb, host):
+    proxy = make_proxy(server_deadBackendAfter=3)  # one worker: one streak to follow
+    rdb.rpush(f"frontend:{host}", "app", backends[0].url, backends[1].url)
+    rdb.sadd(f"dead:{host}", 1)  # so every request goes to backend 0
+
+    def fail_twice() -> None:
+        for _ in range(2):
+            assert get(proxy, host, "/status/502").status_code == 502
+        assert not rdb.sismember(f"dead:{host}", 0)
+
+    fail_twice()
+    assert get(proxy, host, "/status/404").status_code == 404  # an answer: the streak ends
+    fail_twice()
+    assert get(proxy, host, "/status/502").status_code == 502  # the third in a row
+    assert rdb.sismember(f"dead:{host}", 0)
 
 
 def test_every_backend_marked_dead_still_serves_panic_mode(proxy, backends, rdb, host):
@@ -162,3 +207,56 @@ def test_health_check_marks_down_backends_and_recovers_them(proxy, pair, rdb, ho
     assert not rdb.exists(f"dead:{host}")
     seen = {get(proxy, host).json()["server"] for _ in range(30)}
     assert seen == {"left", "right"}
+
+
+# ------------------------------------------------------------------ bad data in Redis
+
+MALFORMED = [
+    "http://127.0.0.1:notaport/",
+    "ftp://x",
+    "http://",
+    "garbage",
+    "http://127.0.0.1:9/\r\nX-Injected: 1",
+    "http://127.0.0.1 :9",
+    "http://127.0.0.1:99999",
+]
+
+
+@pytest.mark.parametrize("url", MALFORMED)
+def test_malformed_backend_url_is_a_logged_502_not_a_500(one_worker_proxy, rdb, host, url):
+    rdb.rpush(f"frontend:{host}", "app", url)
+    for _ in range(3):
+        response = get(one_worker_proxy, host, headers={"X-Debug": "1"})
+        assert response.status_code == 502
+        assert "<title>Application unavailable</title>" in response.text
+    lines = wait_for_log(one_worker_proxy, f"frontend:{host}")
+    assert len(lines) == 1, lines  # one line, rate-limited, not one per request
+    assert "malformed backend URL" in lines[0]
+    assert not [line for line in one_worker_proxy.log().splitlines() if line.startswith("X-Injected")]
+    assert "Traceback" not in one_worker_proxy.log()
+
+
+def test_malformed_url_beside_a_good_one_still_serves(one_worker_proxy, backends, rdb, host):
+    rdb.rpush(f"frontend:{host}", "app", "http://127.0.0.1:notaport/", backends[0].url, "ftp://x")
+    for _ in range(10):
+        response = get(one_worker_proxy, host, headers={"X-Debug": "1"})
+        assert response.status_code == 200
+        assert response.headers["x-debug-backend-id"] == "1"
+    lines = wait_for_log(one_worker_proxy, f"frontend:{host}")
+    assert len(lines) == 1, lines
+    assert "#0 " in lines[0] and "#2 " in lines[0] and "serving from the others" in lines[0]
+    assert not rdb.exists(f"dead:{host}")
+
+
+def test_identifier_with_control_characters_is_escaped(one_worker_proxy, backends, rdb, host):
+    rdb.rpush(f"frontend:{host}", "app\r\nX-Injected: 1\x07", backends[0].url)
+    response = get(one_worker_proxy, host, headers={"X-Debug": "1"})
+    assert response.status_code == 200
+    assert response.headers["x-debug-vhost"] == "app\\x0D\\x0AX-Injected: 1\\x07"
+    assert "x-injected" not in response.headers
+    deadline = time.monotonic() + 10
+    while host not in one_worker_proxy.access_log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    lines = [line for line in one_worker_proxy.access_log.read_text().splitlines() if "X-Injected" in line]
+    assert len(lines) == 1 and lines[0].startswith("127.0.0.1 ")  # escaped, not a line of its own
+    assert '"app\\x0D\\x0AX-Injected: 1\\x07"' in lines[0]

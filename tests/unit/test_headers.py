@@ -9,6 +9,7 @@ import pytest
 from cjs_proxy.headers import (
     client_address,
     downstream_response_headers,
+    escape_header_value,
     is_hop_by_hop,
     new_request_id,
     parse_networks,
@@ -316,3 +317,14 @@ def test_forwarding_claims_of_a_trusted_proxy_are_kept() -> None:
     headers = upstream(environ(HTTP_X_FORWARDED_HOST="shop.test", HTTP_FORWARDED="for=1.2.3.4"), trusted_peer=True)
     assert headers["X-Forwarded-Host"] == "shop.test"
     assert headers["Forwarded"] == "for=1.2.3.4"
+
+
+@pytest.mark.parametrize(("value", "escaped"), [
+    ("mywebsite", "mywebsite"),
+    ("my website (prod)", "my website (prod)"),
+    ("app\r\nX-Injected: 1", "app\\x0D\\x0AX-Injected: 1"),
+    ("tab\there\x00\x7f", "tab\\x09here\\x00\\x7F"),
+    ("café 日本", "caf\\xE9 \\u65E5\\u672C"),
+])
+def test_escape_header_value(value: str, escaped: str) -> None:
+    assert escape_header_value(value) == escaped

@@ -1,4 +1,4 @@
-"""Host normalisation, Hipache's lookup order, and the last-good-route fallback."""
+"""Host normalisation, Hipache's lookup order, backend URL checks, and the last-good-route fallback."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from cjs_proxy import router as router_module
 from cjs_proxy.exceptions import BadRequest, InvalidHost, StoreUnavailable, UnknownHost
-from cjs_proxy.router import Route, RouteCache, Router, lookup_candidates, normalize_host
+from cjs_proxy.router import Route, RouteCache, Router, backend_url_problem, lookup_candidates, normalize_host
 from cjs_proxy.store import Frontend, StoreError
 
 # ------------------------------------------------------------------ normalize_host
@@ -341,3 +341,58 @@ def test_a_change_noticed_while_storing_still_empties_the_cache() -> None:
     router.resolve("a.example")
     router.resolve("b.example")
     assert [host for _, host in store.calls] == ["b.example", "a.example", "b.example"]
+
+
+# ------------------------------------------------------------------ backend URLs
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:9000",
+    "http://127.0.0.1:9000/",
+    "https://app.internal",
+    "HTTP://App.Internal:8080/some/path?q=1",  # the path is ignored, as in Hipache
+    "http://my_app-1.internal:1",
+    "http://[::1]:65535",
+    "http://[2001:db8::1]",
+    "http://user:secret@127.0.0.1:9000",
+    "http://127.0.0.1:",  # empty port: the scheme's default
+])
+def test_usable_backend_urls(url: str) -> None:
+    assert backend_url_problem(url) is None
+
+
+@pytest.mark.parametrize("url", [
+    "http://127.0.0.1:notaport/",
+    "http://127.0.0.1:0",
+    "http://127.0.0.1:65536",
+    "http://127.0.0.1:-1",
+    "ftp://x",
+    "ws://127.0.0.1:9000",
+    "http://",
+    "http://:9000",
+    "http:/127.0.0.1",
+    "garbage",
+    "",
+    "127.0.0.1:9000",
+    "http://127.0.0.1:9000/\r\nX-Injected: 1",
+    "http://127.0.0.1\r\n:9000",
+    "http://127.0.0.1 :9000",
+    " http://127.0.0.1:9000",
+    "http://127.0.0.1:9000\t",
+    "http://127.0.0.1:9000/\x00",
+    "http://127.0.0.1:9000/\u2028",
+    "http://[::1",
+    "http://[0]",
+    "http://h[::1]",
+    "http://a@b@127.0.0.1",
+    "http://bücher.example",  # IDN hosts go in Redis as punycode
+])
+def test_malformed_backend_urls(url: str) -> None:
+    assert backend_url_problem(url) is not None
+
+
+def test_route_names_its_unusable_backends_by_id() -> None:
+    r = Route("app.example", Frontend("app.example", "app",
+                                      ("ftp://x", "http://127.0.0.1:9000", "http://127.0.0.1:x"), frozenset()))
+    assert set(r.unusable) == {0, 2}
+    assert "http" in r.unusable[0]

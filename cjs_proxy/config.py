@@ -262,6 +262,17 @@ def driver(value: Any) -> tuple[str, ...] | None:
 driver.type_name = "URL or list"  # type: ignore[attr-defined]
 
 
+def header_value(value: Any) -> str:
+    """A response header value: visible ASCII and inner spaces, nothing that could end the line."""
+    string(value)
+    if value != value.strip() or not all(c == " " or "!" <= c <= "~" for c in value):
+        raise ValueError(f"expected printable ASCII without leading or trailing spaces, got {value!r}")
+    return value
+
+
+header_value.type_name = "string"  # type: ignore[attr-defined]
+
+
 # ------------------------------------------------------------------------- registry
 
 
@@ -363,6 +374,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Requests served on one client connection before the proxy answers with "
             "`Connection: close`, so keep-alive clients reconnect and spread over the workers "
             "(after a worker is replaced, for instance); 0 is unlimited."),
+    Setting("server.serverHeader", "cjs-proxy", header_value,
+            "The `Server` header of every response the proxy sends (proxied answers, error "
+            "pages, rejected requests), in place of gunicorn's and the backend's."),
     Setting("rateLimit.enabled", False, boolean,
             "Apply the per-IP and per-tier request limits (one Redis round trip with the route)."),
     Setting("rateLimit.onError", "open", choice("open", "closed"),

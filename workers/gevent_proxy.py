@@ -9,6 +9,8 @@ HTTPS side by side, so connections on the HTTPS listeners are wrapped here inste
 Lifecycle hooks (README "Worker lifecycle and signals"): the switch away from root, the
 memory watchdog, retiring through a successor (``cjs_proxy.handover``) at
 ``server.maxRequests``, and the bound on requests per client connection.
+
+Every response names ``server.serverHeader`` as its ``Server``, not gunicorn.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 from typing import Any
 
 import gevent
+from gunicorn.http import wsgi as gunicorn_wsgi
 from gunicorn.workers.ggevent import GeventWorker
 
 from cjs_proxy import config, handover, privileges
@@ -109,10 +112,15 @@ class ProxyWorker(GeventWorker):
                 self.retire(f"served {self.nr} requests (server.maxRequests)")
 
     def load_wsgi(self) -> None:
-        """Build the app, then the TLS contexts of the HTTPS listeners (once per worker)."""
+        """Build the app, then the TLS contexts of the HTTPS listeners (once per worker).
+
+        The ``Server`` name is gunicorn's module constant, which each ``Response`` copies
+        when it is created: replacing it once here renames every response of the worker.
+        """
         super().load_wsgi()
-        settings = getattr(self.wsgi, "settings", None)
-        if settings is not None and settings["https.bind"]:
+        settings = getattr(self.wsgi, "settings", None) or config.worker_settings()
+        gunicorn_wsgi.SERVER = settings["server.serverHeader"]
+        if settings["https.bind"]:
             # Only where HTTPS is served: cryptography adds ~10 MiB to a worker.
             from cjs_proxy.tls import listener_contexts
 

@@ -615,3 +615,18 @@ def test_workers_get_the_settings_their_master_validated(tmp_path: Path) -> None
 def test_without_a_snapshot_workers_read_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, "server:\n  workers: 3\n")
     assert config.worker_settings({config.ENV_CONFIG: str(path)})["server.workers"] == 3
+
+
+# ------------------------------------------------------------------- Server header
+
+
+def test_server_header_default_and_value() -> None:
+    assert parse_settings({})["server.serverHeader"] == "cjs-proxy"
+    assert parse_settings({"server": {"serverHeader": "edge/2 (eu)"}})["server.serverHeader"] == "edge/2 (eu)"
+
+
+@pytest.mark.parametrize("value", ["", "x\r\nSet-Cookie: a=b", "tab\there", " padded", "caf\u00e9", 1, None])
+def test_server_header_must_be_a_safe_header_value(value: Any) -> None:
+    error = config_error({"server": {"serverHeader": value}})
+    assert error.key == "server.serverHeader"
+    assert error.problem.startswith("expected"), error.problem  # not "unknown setting"

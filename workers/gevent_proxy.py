@@ -10,7 +10,9 @@ Lifecycle hooks (README "Worker lifecycle and signals"): the switch away from ro
 memory watchdog, retiring through a successor (``cjs_proxy.handover``) at
 ``server.maxRequests``, and the bound on requests per client connection.
 
-Every response names ``server.serverHeader`` as its ``Server``, not gunicorn.
+Answers gunicorn writes itself are made the proxy's: requests its parser rejects get
+the proxy's error page (never gunicorn's, which quotes the request back), and every
+response names ``server.serverHeader`` as its ``Server``.
 """
 
 from __future__ import annotations
@@ -22,14 +24,52 @@ import sys
 from typing import Any
 
 import gevent
+from gunicorn import util
 from gunicorn.http import wsgi as gunicorn_wsgi
 from gunicorn.workers.ggevent import GeventWorker
 
 from cjs_proxy import config, handover, privileges
+from cjs_proxy.errors import ErrorPages
 from cjs_proxy.watchdog import MemoryWatchdog
 
 #: Seconds a client has to complete the TLS handshake.
 HANDSHAKE_TIMEOUT = 10.0
+#: What the plain-text fallback page says of a request gunicorn's parser rejected.
+UNREADABLE_REQUEST = "the request could not be read"
+
+
+class HeldAnswer:
+    """Stands in for the client socket while gunicorn's ``handle_error`` answers.
+
+    gunicorn picks the status of a rejected request (400, 414, 431...) and logs it, then
+    writes its own page, which quotes the offending request line or header back. With
+    this in place of the socket, the bytes it writes are kept here instead, so the
+    proxy can send its own page with the same status. Anything else is the real socket's.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.written = b""
+
+    def gettimeout(self) -> float:
+        return 0.0  # already "non-blocking": gunicorn then leaves the real socket's mode alone
+
+    def sendall(self, data: bytes) -> None:
+        self.written += bytes(data)
+
+    def send(self, data: bytes) -> int:
+        self.sendall(data)
+        return len(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def status(self) -> int | None:
+        """The status code gunicorn wrote, if it wrote a status line."""
+        parts = self.written.split(b"\r\n", 1)[0].split()
+        if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit():
+            return int(parts[1])
+        return None
 
 
 class ProxyWorker(GeventWorker):
@@ -40,6 +80,10 @@ class ProxyWorker(GeventWorker):
     requests_per_connection = 0
     #: Set once the worker has decided to go (``retire``).
     retiring = False
+    #: Pages for the requests gunicorn's parser rejects (``server.staticDir``).
+    error_pages = ErrorPages(None)
+    #: ``server.serverHeader``, for the answers the worker writes itself.
+    server_header = "cjs-proxy"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -119,7 +163,9 @@ class ProxyWorker(GeventWorker):
         """
         super().load_wsgi()
         settings = getattr(self.wsgi, "settings", None) or config.worker_settings()
-        gunicorn_wsgi.SERVER = settings["server.serverHeader"]
+        self.server_header = settings["server.serverHeader"]
+        gunicorn_wsgi.SERVER = self.server_header
+        self.error_pages = ErrorPages(settings["server.staticDir"])
         if settings["https.bind"]:
             # Only where HTTPS is served: cryptography adds ~10 MiB to a worker.
             from cjs_proxy.tls import listener_contexts
@@ -137,6 +183,27 @@ class ProxyWorker(GeventWorker):
                 client.close()
                 return
         super().handle(listener, client, addr)
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """A request gunicorn could not read (or serve): its status and logging, our page.
+
+        gunicorn decides the status (400, 414 for a long request line, 431 for too many
+        or too large headers, 403, 501...) and logs the error; what it writes is held
+        back (``HeldAnswer``) and replaced by ``server.staticDir``'s page for that status,
+        which quotes nothing of the request.
+        """
+        held = HeldAnswer(client)
+        super().handle_error(req, held, addr, exc)
+        status = held.status()
+        if status is None:
+            return
+        status_line, headers, body = self.error_pages.response(status, UNREADABLE_REQUEST)
+        head = [f"HTTP/1.1 {status_line}", f"Server: {self.server_header}", f"Date: {util.http_date()}",
+                "Connection: close", *(f"{name}: {value}" for name, value in headers)]
+        try:
+            util.write_nonblock(client, "\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + body)
+        except OSError:
+            self.log.debug("Failed to send error message.")
 
     def handle_usr1(self, sig: int, frame: Any) -> None:
         """SIGUSR1: gunicorn reopens its logs; the proxy reopens its access log too."""

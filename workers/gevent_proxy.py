@@ -11,8 +11,9 @@ memory watchdog, retiring through a successor (``cjs_proxy.handover``) at
 ``server.maxRequests``, and the bound on requests per client connection.
 
 Answers gunicorn writes itself are made the proxy's: requests its parser rejects get
-the proxy's error page (never gunicorn's, which quotes the request back), and every
-response names ``server.serverHeader`` as its ``Server``.
+the proxy's error page (never gunicorn's, which quotes the request back), every response
+names ``server.serverHeader`` as its ``Server``, and ``Expect: 100-continue`` is answered
+only when the application reads the body, i.e. after routing and limits.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from cjs_proxy.watchdog import MemoryWatchdog
 HANDSHAKE_TIMEOUT = 10.0
 #: What the plain-text fallback page says of a request gunicorn's parser rejected.
 UNREADABLE_REQUEST = "the request could not be read"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class HeldAnswer:
@@ -70,6 +72,67 @@ class HeldAnswer:
         if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit():
             return int(parts[1])
         return None
+
+
+class ContinueOnRead:
+    """The body (``wsgi.input``) of an ``Expect: 100-continue`` request, sending ``100
+    Continue`` on the first read instead of as soon as the head is parsed.
+
+    gunicorn sends it in ``gunicorn.http.wsgi.create`` when the parser set
+    ``req._expected_100_continue``; clearing that flag before and wrapping ``req.body``
+    moves it to when the application first reads the body: after routing, the Host
+    checks and the rate limits, so a client answered 400, 413 or 429 never sends its body.
+
+    Until the client has been told to go on, the connection is marked to close after the
+    response: the client may or may not send the body it withheld, so where the next
+    request would start is unknown (RFC 9110 10.1.1). Once ``100 Continue`` is sent, the
+    request's own keep-alive decision is restored.
+    """
+
+    def __init__(self, req: Any, sock: Any) -> None:
+        self.req = req
+        self.sock = sock
+        self.body = req.body
+        self.pending = True
+        self.close_after = req.must_close
+
+    @classmethod
+    def defer(cls, req: Any, sock: Any) -> ContinueOnRead | None:
+        """Take the ``100 Continue`` of ``req`` over from gunicorn, if it expects one."""
+        if not getattr(req, "_expected_100_continue", False) or req.body is None:
+            return None
+        req._expected_100_continue = False
+        if dict(req.headers).get("CONTENT-LENGTH") == "0":
+            return None  # nothing withheld: the final answer alone is enough
+        deferred = cls(req, sock)
+        req.body = deferred
+        req.force_close()
+        return deferred
+
+    def _go_on(self) -> None:
+        if self.pending:
+            self.pending = False
+            self.sock.sendall(CONTINUE)
+            self.req.must_close = self.close_after
+
+    def read(self, size: int | None = None) -> bytes:
+        self._go_on()
+        return self.body.read(size)
+
+    def readline(self, size: int | None = None) -> bytes:
+        self._go_on()
+        return self.body.readline(size)
+
+    def readlines(self, size: int | None = None) -> list[bytes]:
+        self._go_on()
+        return self.body.readlines(size)
+
+    def __iter__(self) -> Any:
+        self._go_on()
+        return iter(self.body)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.body, name)
 
 
 class ProxyWorker(GeventWorker):
@@ -146,9 +209,11 @@ class ProxyWorker(GeventWorker):
         connection closed after the response, with no per-socket bookkeeping here.
 
         ``server.maxRequests`` is counted by gunicorn (``self.nr``); we retire instead.
+        ``Expect: 100-continue`` is answered on the first read of the body (``ContinueOnRead``).
         """
         if self.requests_per_connection and req.req_number >= self.requests_per_connection:
             req.force_close()
+        ContinueOnRead.defer(req, sock)
         try:
             super().handle_request(listener_name, req, sock, addr)
         finally:

@@ -2,11 +2,13 @@
 
 Requests gunicorn's parser rejects never reach the application: the worker's
 ``handle_error`` answers them, and must use the proxy's pages, not gunicorn's (which
-quote the request back). Every response must name ``server.serverHeader``.
+quote the request back). Every response must name ``server.serverHeader``, and
+``Expect: 100-continue`` must wait for routing and limits.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -127,3 +129,76 @@ def test_server_header_names_the_proxy_everywhere(make_proxy, rdb, backends, hos
 def test_default_server_header_is_cjs_proxy(proxy):
     response = requests.get(f"{proxy.url}/", headers={"Host": "__ping__"}, timeout=TIMEOUT)
     assert response.headers["Server"] == "cjs-proxy"
+
+
+# ------------------------------------------------------------- Expect: 100-continue
+
+
+def read_head(sock: socket.socket, buffer: bytes = b"") -> tuple[bytes, bytes]:
+    """One response head (up to the blank line) and whatever followed it."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise EOFError(f"closed after {buffer!r}")
+        buffer += chunk
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def read_until_closed(sock: socket.socket, buffer: bytes) -> bytes:
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return buffer
+        buffer += chunk
+
+
+def expect_head(host: str, length: int = 5, path: str = "/echo") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}\r\n"
+            f"Expect: 100-continue\r\n\r\n").encode()
+
+
+def test_expect_continue_for_unknown_host_gets_400_without_100(proxy):
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT) as sock:
+        sock.sendall(expect_head("unknown.test"))
+        head, rest = read_head(sock)  # the body is never sent
+        assert head.startswith(b"HTTP/1.1 400 "), head
+        body = read_until_closed(sock, rest)  # closed: the withheld body would be the next bytes
+    assert body == bundled_page(400)
+
+
+def test_expect_continue_over_rate_limit_gets_429_without_100(make_proxy, rdb, backends, host):
+    rdb.rpush(f"frontend:{host}", "app", backends[0].url)
+    proxy = make_proxy(rateLimit={"enabled": True, "perIp": {"rate": 0.01, "burst": 1}})
+    assert requests.get(f"{proxy.url}/echo", headers={"Host": host}, timeout=TIMEOUT).status_code == 200
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT) as sock:
+        sock.sendall(expect_head(host))
+        head, _ = read_head(sock)
+    assert head.startswith(b"HTTP/1.1 429 "), head
+
+
+def test_expect_continue_for_known_host_gets_100_then_the_answer(proxy, rdb, backends, host):
+    rdb.rpush(f"frontend:{host}", "app", backends[0].url)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT) as sock:
+        sock.sendall(expect_head(host))
+        interim, rest = read_head(sock)
+        assert interim == b"HTTP/1.1 100 Continue", interim
+        sock.sendall(b"hello")
+        head, rest = read_head(sock, rest)
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        _, headers, _ = split_response(head + b"\r\n\r\n")
+        while len(rest) < int(headers["content-length"]):
+            rest += sock.recv(65536)
+        assert json.loads(rest)["body_length"] == 5
+        # The body was asked for and sent: the connection stays usable.
+        sock.sendall(f"GET /echo HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        second, _ = read_head(sock)
+    assert second.startswith(b"HTTP/1.1 200 "), second
+
+
+def test_expect_continue_with_empty_body_gets_no_100(proxy, rdb, backends, host):
+    rdb.rpush(f"frontend:{host}", "app", backends[0].url)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT) as sock:
+        sock.sendall(expect_head(host, length=0))
+        head, _ = read_head(sock)
+    assert head.startswith(b"HTTP/1.1 200 "), head

@@ -617,6 +617,29 @@ def test_without_a_snapshot_workers_read_the_file(tmp_path: Path) -> None:
     assert config.worker_settings({config.ENV_CONFIG: str(path)})["server.workers"] == 3
 
 
+# ------------------------------------------------------------------ shipped configs
+
+
+def test_debug_is_on_only_in_the_development_config() -> None:
+    """``server.debug`` shows backend URLs to any client sending X-Debug: only the
+    development config may turn it on, and it must say so where it does."""
+    etc = Path(config.PACKAGE_ROOT) / "etc"
+    shipped = sorted(etc.glob("*.yaml"))
+    assert [p.name for p in shipped if p.name != "config.yaml"], "no production config found"
+    for path in shipped:
+        settings = load_settings(path)
+        if path.name == "config.yaml":
+            assert settings["server.debug"] is True
+            lines = path.read_text(encoding="utf-8").splitlines()
+            at = next(i for i, line in enumerate(lines) if line.strip().startswith("debug:"))
+            nearby = " ".join(lines[max(0, at - 3):at + 1]).lower()
+            assert "production" in nearby and "x-debug" in nearby, f"{path.name}: no warning next to debug"
+        else:
+            assert settings["server.debug"] is False, path.name
+    production = load_settings(etc / "config_production.yaml")
+    assert "server.debug" in production.explicit, "config_production.yaml should say debug: false"
+
+
 # ------------------------------------------------------------------- Server header
 
 

@@ -653,3 +653,32 @@ def test_server_header_must_be_a_safe_header_value(value: Any) -> None:
     error = config_error({"server": {"serverHeader": value}})
     assert error.key == "server.serverHeader"
     assert error.problem.startswith("expected"), error.problem  # not "unknown setting"
+
+
+# ------------------------------------------------------------- Hipache's TLS keys
+
+
+def test_hipache_tls_keys_are_accepted() -> None:
+    settings = parse_settings({"https": {
+        "ciphers": "ECDHE+AESGCM:!aNULL", "honorCipherOrder": False,
+        "secureProtocol": "TLSv1_2_method", "secureOptions": 0x02020000}})
+    assert settings["https.ciphers"] == "ECDHE+AESGCM:!aNULL"
+    assert settings["https.honorCipherOrder"] is False
+    assert settings["https.secureProtocol"] == "TLSv1_2_method"
+    assert settings["https.secureOptions"] == 0x02020000
+
+
+@pytest.mark.parametrize(("https", "key", "words"), [
+    ({"ciphers": "NO-SUCH-CIPHER"}, "https.ciphers", "no cipher"),
+    ({"ciphers": ""}, "https.ciphers", "non-empty"),
+    ({"honorCipherOrder": "yes"}, "https.honorCipherOrder", "true or false"),
+    ({"secureProtocol": "TLSv9_method"}, "https.secureProtocol", "TLS_method"),
+    ({"secureProtocol": "TLS_client_method"}, "https.secureProtocol", "client method"),
+    ({"secureOptions": -1}, "https.secureOptions", ">= 0"),
+    ({"secureOptions": "0x3000000"}, "https.secureOptions", "integer"),
+    ({"secureProtocol": "TLSv1_2_method", "secureOptions": 0x08000000}, "https.secureOptions", "no TLS version"),
+])
+def test_bad_tls_keys_name_the_key(https: dict[str, Any], key: str, words: str) -> None:
+    error = config_error({"https": https})
+    assert error.key == key
+    assert words.lower() in error.problem.lower(), error.problem

@@ -16,6 +16,7 @@ from . import config
 from .embedded import find_redis_server
 from .healthcheck import HealthChecker, ProbeSettings
 from .store import RouteStore, StoreError, split_driver_url
+from .tlspolicy import tls_policy
 
 ADMIN_TIMEOUT = 5.0
 
@@ -28,6 +29,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except config.ConfigError as exc:
         print(f"cjs-proxy: configuration error: {exc}", file=sys.stderr)
         return 1
+    for warning in tls_policy(settings).warnings:
+        print(f"cjs-proxy: warning: {settings.path}: {warning}", file=sys.stderr)
     print(f"{settings.path}: OK")
     return 0
 

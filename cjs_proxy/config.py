@@ -262,6 +262,58 @@ def driver(value: Any) -> tuple[str, ...] | None:
 driver.type_name = "URL or list"  # type: ignore[attr-defined]
 
 
+def header_value(value: Any) -> str:
+    """A response header value: visible ASCII and inner spaces, nothing that could end the line."""
+    string(value)
+    if value != value.strip() or not all(c == " " or "!" <= c <= "~" for c in value):
+        raise ValueError(f"expected printable ASCII without leading or trailing spaces, got {value!r}")
+    return value
+
+
+header_value.type_name = "string"  # type: ignore[attr-defined]
+
+
+def cipher_list(value: Any) -> str:
+    """An OpenSSL cipher string, checked by OpenSSL itself (what ``set_ciphers`` accepts)."""
+    import ssl  # here, not at the top: see gunicorn_conf (gunicorn itself has imported it by then)
+
+    string(value)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(value)
+    except ssl.SSLError as exc:
+        raise ValueError(f"OpenSSL selects no cipher from {value!r} ({exc})") from None
+    return value
+
+
+cipher_list.type_name = "OpenSSL cipher string"  # type: ignore[attr-defined]
+
+
+def node_protocol(value: Any) -> str:
+    """Node's ``secureProtocol``: a method name from its (OpenSSL's) list."""
+    from .tlspolicy import NODE_PROTOCOLS
+
+    if value not in NODE_PROTOCOLS:
+        known = ", ".join(name for name in NODE_PROTOCOLS if not name.endswith("_client_method"))
+        raise ValueError(f"unknown protocol method {value!r} (expected one of {known})")
+    if value.endswith("_client_method"):
+        raise ValueError(f"{value} is a client method; a server uses TLS_method (or TLS_server_method)")
+    return value
+
+
+node_protocol.type_name = "Node method name"  # type: ignore[attr-defined]
+
+
+def option_mask(value: Any) -> int:
+    """Node's ``secureOptions``: OpenSSL's ``SSL_OP_*`` flags OR-ed into one number."""
+    integer(0)(value)
+    if value >= 1 << 64:
+        raise ValueError(f"{value} is larger than a 64-bit OpenSSL option mask")
+    return value
+
+
+option_mask.type_name = "integer (bit mask)"  # type: ignore[attr-defined]
+
+
 # ------------------------------------------------------------------------- registry
 
 
@@ -313,6 +365,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("https.cert", None, optional(string), "Certificate chain file (PEM).", is_path=True),
     Setting("https.ca", None, optional(strings), "Extra CA file(s) to serve.", is_path=True),
     Setting("https.passphrase", None, optional(string), "Passphrase of `https.key`."),
+    Setting("https.ciphers", None, optional(cipher_list),
+            "OpenSSL cipher string for TLS 1.2 (as Hipache's and `openssl ciphers`); null keeps "
+            "Python's secure default. TLS 1.3 suites are not affected."),
+    Setting("https.honorCipherOrder", True, boolean,
+            "Prefer the server's cipher order to the client's (`SSL_OP_CIPHER_SERVER_PREFERENCE`)."),
+    Setting("https.secureProtocol", None, optional(node_protocol),
+            "Node's protocol method: `TLS_method`/`SSLv23_method` (any version from TLS 1.2 up) or "
+            "`TLSv1_2_method` (TLS 1.2 only); older ones are accepted with a warning, the floor "
+            "stays TLS 1.2."),
+    Setting("https.secureOptions", None, optional(option_mask),
+            "Node's numeric OpenSSL option mask: the protocol, compression, ticket, "
+            "renegotiation and cipher-order bits are applied, others accepted with a warning."),
     Setting("https.certificates", [], certificates,
             "More certificates, offered by SNI on their names (wildcards too): a list of "
             "`{cert, key}`; `https.cert` stays the default for clients without SNI.", is_path=True),
@@ -368,6 +432,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Requests served on one client connection before the proxy answers with "
             "`Connection: close`, so keep-alive clients reconnect and spread over the workers "
             "(after a worker is replaced, for instance); 0 is unlimited."),
+    Setting("server.serverHeader", "cjs-proxy", header_value,
+            "The `Server` header of every response the proxy sends (proxied answers, error "
+            "pages, rejected requests), in place of gunicorn's and the backend's."),
     Setting("rateLimit.enabled", False, boolean,
             "Apply the per-IP and per-tier request limits (one Redis round trip with the route)."),
     Setting("rateLimit.onError", "open", choice("open", "closed"),
@@ -611,6 +678,13 @@ def _check_consistency(values: dict[str, Any], path: str | os.PathLike[str]) -> 
         for key in ("https.key", "https.cert"):
             if not values[key] and not all(b.get(key.split(".")[1]) for b in values["https.bind"]):
                 raise ConfigError(path, key, "required when https.bind lists addresses")
+    if values["https.secureProtocol"] is not None or values["https.secureOptions"] is not None:
+        from .tlspolicy import NoTlsVersion, tls_policy
+
+        try:
+            tls_policy(values)
+        except NoTlsVersion as exc:
+            raise ConfigError(path, exc.key, str(exc)) from None
     if values["https.redirectHttp"] and not values["https.bind"]:
         raise ConfigError(path, "https.redirectHttp", "needs an HTTPS listener in https.bind")
     http_ports = {(a, p) for a, p in _addresses(values, "http")}

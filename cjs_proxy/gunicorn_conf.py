@@ -13,6 +13,7 @@ from typing import Any
 
 from . import config, handover, privileges
 from .embedded import EmbeddedRedis, EmbeddedRedisError, find_redis_server
+from .tlspolicy import tls_policy
 
 WORKER_CLASS = "workers.gevent_proxy.ProxyWorker"
 log = logging.getLogger("cjs_proxy")
@@ -48,6 +49,8 @@ def gunicorn_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
 def _values_from_file(environ: dict[str, str]) -> dict[str, Any]:
     settings = config.load_settings(environ=environ)
     config.check_files(settings)
+    for warning in tls_policy(settings).warnings:  # here, once: not in every worker
+        sys.stderr.write(f"cjs-proxy: warning: {settings.path}: {warning}\n")
     values: dict[str, Any] = {
         "bind": config.listen_addresses(settings),
         "workers": settings["server.workers"],

@@ -4,7 +4,8 @@ Each HTTPS listener gets one ``SSLContext`` (TLS 1.2 at least) with its default
 certificate (``https.cert``/``https.key``, or the listener's own); the certificates of
 ``https.certificates`` are offered by SNI, matched on their subject alternative names
 (wildcards included). A client without SNI, or asking for an unknown name, gets the
-default certificate.
+default certificate. Every context, SNI ones included, gets the same protocol range,
+ciphers and options (Hipache's keys, see ``cjs_proxy.tlspolicy``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from .config import https_listeners
+from .tlspolicy import TlsPolicy, tls_policy
 
 
 @dataclass(frozen=True)
@@ -51,9 +53,26 @@ def name_matches(pattern: str, server_name: str) -> bool:
     return False
 
 
-def server_context(spec: CertificateSpec) -> ssl.SSLContext:
+def apply_policy(context: ssl.SSLContext, policy: TlsPolicy) -> None:
+    """Hipache's ``https.*`` TLS keys, as ``cjs_proxy.tlspolicy`` translated them."""
+    context.minimum_version = getattr(ssl.TLSVersion, policy.minimum)
+    if policy.maximum is not None:
+        context.maximum_version = getattr(ssl.TLSVersion, policy.maximum)
+    if policy.ciphers is not None:
+        context.set_ciphers(policy.ciphers)
+    for name in policy.set_options:
+        context.options |= getattr(ssl, name)
+    for name in policy.clear_options:
+        context.options &= ~getattr(ssl, name)
+
+
+#: Hipache's keys left at their defaults: TLS 1.2 and up, Python's ciphers.
+DEFAULT_POLICY = TlsPolicy()
+
+
+def server_context(spec: CertificateSpec, policy: TlsPolicy = DEFAULT_POLICY) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    apply_policy(context, policy)
     context.set_alpn_protocols(["http/1.1"])
     certfile = spec.cert
     if spec.ca:  # extra CA certificates are served after ours: one chain file
@@ -74,11 +93,12 @@ def server_context(spec: CertificateSpec) -> ssl.SSLContext:
 class SniContexts:
     """The default context of a listener, switching to another certificate's context by SNI."""
 
-    def __init__(self, default: CertificateSpec, others: Iterable[CertificateSpec] = ()) -> None:
-        self.default = server_context(default)
+    def __init__(self, default: CertificateSpec, others: Iterable[CertificateSpec] = (),
+                 policy: TlsPolicy = DEFAULT_POLICY) -> None:
+        self.default = server_context(default, policy)
         self.by_name: list[tuple[str, ssl.SSLContext]] = []
         for spec in others:
-            context = server_context(spec)
+            context = server_context(spec, policy)
             self.by_name += [(name, context) for name in certificate_names(spec.cert)]
         # Exact names before wildcards, so www.example.com beats *.example.com.
         self.by_name.sort(key=lambda item: item[0].startswith("*."))
@@ -111,11 +131,12 @@ def listener_contexts(settings: Any, socknames: Iterable[Any]) -> dict[Any, ssl.
     fallback = {"cert": settings["https.cert"], "key": settings["https.key"],
                 "passphrase": settings["https.passphrase"], "ca": settings["https.ca"]}
     others = [_spec(c, c) for c in settings["https.certificates"]]
+    policy = tls_policy(settings)  # its warnings were logged once, by the master
     contexts: dict[Any, ssl.SSLContext] = {}
     for sockname in socknames:
         if not isinstance(sockname, tuple):
             continue  # a unix socket
         entry = wanted.get((sockname[0], sockname[1]))
         if entry is not None:
-            contexts[sockname] = SniContexts(_spec(entry, fallback), others).default
+            contexts[sockname] = SniContexts(_spec(entry, fallback), others, policy).default
     return contexts

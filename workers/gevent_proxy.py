@@ -9,6 +9,11 @@ HTTPS side by side, so connections on the HTTPS listeners are wrapped here inste
 Lifecycle hooks (README "Worker lifecycle and signals"): the switch away from root, the
 memory watchdog, retiring through a successor (``cjs_proxy.handover``) at
 ``server.maxRequests``, and the bound on requests per client connection.
+
+Answers gunicorn writes itself are made the proxy's: requests its parser rejects get
+the proxy's error page (never gunicorn's, which quotes the request back), every response
+names ``server.serverHeader`` as its ``Server``, and ``Expect: 100-continue`` is answered
+only when the application reads the body, i.e. after routing and limits.
 """
 
 from __future__ import annotations
@@ -20,13 +25,114 @@ import sys
 from typing import Any
 
 import gevent
+from gunicorn import util
+from gunicorn.http import wsgi as gunicorn_wsgi
 from gunicorn.workers.ggevent import GeventWorker
 
 from cjs_proxy import config, handover, privileges
+from cjs_proxy.errors import ErrorPages
 from cjs_proxy.watchdog import MemoryWatchdog
 
 #: Seconds a client has to complete the TLS handshake.
 HANDSHAKE_TIMEOUT = 10.0
+#: What the plain-text fallback page says of a request gunicorn's parser rejected.
+UNREADABLE_REQUEST = "the request could not be read"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class HeldAnswer:
+    """Stands in for the client socket while gunicorn's ``handle_error`` answers.
+
+    gunicorn picks the status of a rejected request (400, 414, 431...) and logs it, then
+    writes its own page, which quotes the offending request line or header back. With
+    this in place of the socket, the bytes it writes are kept here instead, so the
+    proxy can send its own page with the same status. Anything else is the real socket's.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.written = b""
+
+    def gettimeout(self) -> float:
+        return 0.0  # already "non-blocking": gunicorn then leaves the real socket's mode alone
+
+    def sendall(self, data: bytes) -> None:
+        self.written += bytes(data)
+
+    def send(self, data: bytes) -> int:
+        self.sendall(data)
+        return len(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def status(self) -> int | None:
+        """The status code gunicorn wrote, if it wrote a status line."""
+        parts = self.written.split(b"\r\n", 1)[0].split()
+        if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit():
+            return int(parts[1])
+        return None
+
+
+class ContinueOnRead:
+    """The body (``wsgi.input``) of an ``Expect: 100-continue`` request, sending ``100
+    Continue`` on the first read instead of as soon as the head is parsed.
+
+    gunicorn sends it in ``gunicorn.http.wsgi.create`` when the parser set
+    ``req._expected_100_continue``; clearing that flag before and wrapping ``req.body``
+    moves it to when the application first reads the body: after routing, the Host
+    checks and the rate limits, so a client answered 400, 413 or 429 never sends its body.
+
+    Until the client has been told to go on, the connection is marked to close after the
+    response: the client may or may not send the body it withheld, so where the next
+    request would start is unknown (RFC 9110 10.1.1). Once ``100 Continue`` is sent, the
+    request's own keep-alive decision is restored.
+    """
+
+    def __init__(self, req: Any, sock: Any) -> None:
+        self.req = req
+        self.sock = sock
+        self.body = req.body
+        self.pending = True
+        self.close_after = req.must_close
+
+    @classmethod
+    def defer(cls, req: Any, sock: Any) -> ContinueOnRead | None:
+        """Take the ``100 Continue`` of ``req`` over from gunicorn, if it expects one."""
+        if not getattr(req, "_expected_100_continue", False) or req.body is None:
+            return None
+        req._expected_100_continue = False
+        if dict(req.headers).get("CONTENT-LENGTH") == "0":
+            return None  # nothing withheld: the final answer alone is enough
+        deferred = cls(req, sock)
+        req.body = deferred
+        req.force_close()
+        return deferred
+
+    def _go_on(self) -> None:
+        if self.pending:
+            self.pending = False
+            self.sock.sendall(CONTINUE)
+            self.req.must_close = self.close_after
+
+    def read(self, size: int | None = None) -> bytes:
+        self._go_on()
+        return self.body.read(size)
+
+    def readline(self, size: int | None = None) -> bytes:
+        self._go_on()
+        return self.body.readline(size)
+
+    def readlines(self, size: int | None = None) -> list[bytes]:
+        self._go_on()
+        return self.body.readlines(size)
+
+    def __iter__(self) -> Any:
+        self._go_on()
+        return iter(self.body)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.body, name)
 
 
 class ProxyWorker(GeventWorker):
@@ -37,6 +143,10 @@ class ProxyWorker(GeventWorker):
     requests_per_connection = 0
     #: Set once the worker has decided to go (``retire``).
     retiring = False
+    #: Pages for the requests gunicorn's parser rejects (``server.staticDir``).
+    error_pages = ErrorPages(None)
+    #: ``server.serverHeader``, for the answers the worker writes itself.
+    server_header = "cjs-proxy"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -99,9 +209,11 @@ class ProxyWorker(GeventWorker):
         connection closed after the response, with no per-socket bookkeeping here.
 
         ``server.maxRequests`` is counted by gunicorn (``self.nr``); we retire instead.
+        ``Expect: 100-continue`` is answered on the first read of the body (``ContinueOnRead``).
         """
         if self.requests_per_connection and req.req_number >= self.requests_per_connection:
             req.force_close()
+        ContinueOnRead.defer(req, sock)
         try:
             super().handle_request(listener_name, req, sock, addr)
         finally:
@@ -109,10 +221,17 @@ class ProxyWorker(GeventWorker):
                 self.retire(f"served {self.nr} requests (server.maxRequests)")
 
     def load_wsgi(self) -> None:
-        """Build the app, then the TLS contexts of the HTTPS listeners (once per worker)."""
+        """Build the app, then the TLS contexts of the HTTPS listeners (once per worker).
+
+        The ``Server`` name is gunicorn's module constant, which each ``Response`` copies
+        when it is created: replacing it once here renames every response of the worker.
+        """
         super().load_wsgi()
-        settings = getattr(self.wsgi, "settings", None)
-        if settings is not None and settings["https.bind"]:
+        settings = getattr(self.wsgi, "settings", None) or config.worker_settings()
+        self.server_header = settings["server.serverHeader"]
+        gunicorn_wsgi.SERVER = self.server_header
+        self.error_pages = ErrorPages(settings["server.staticDir"])
+        if settings["https.bind"]:
             # Only where HTTPS is served: cryptography adds ~10 MiB to a worker.
             from cjs_proxy.tls import listener_contexts
 
@@ -129,6 +248,27 @@ class ProxyWorker(GeventWorker):
                 client.close()
                 return
         super().handle(listener, client, addr)
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """A request gunicorn could not read (or serve): its status and logging, our page.
+
+        gunicorn decides the status (400, 414 for a long request line, 431 for too many
+        or too large headers, 403, 501...) and logs the error; what it writes is held
+        back (``HeldAnswer``) and replaced by ``server.staticDir``'s page for that status,
+        which quotes nothing of the request.
+        """
+        held = HeldAnswer(client)
+        super().handle_error(req, held, addr, exc)
+        status = held.status()
+        if status is None:
+            return
+        status_line, headers, body = self.error_pages.response(status, UNREADABLE_REQUEST)
+        head = [f"HTTP/1.1 {status_line}", f"Server: {self.server_header}", f"Date: {util.http_date()}",
+                "Connection: close", *(f"{name}: {value}" for name, value in headers)]
+        try:
+            util.write_nonblock(client, "\r\n".join(head).encode("latin-1") + b"\r\n\r\n" + body)
+        except OSError:
+            self.log.debug("Failed to send error message.")
 
     def handle_usr1(self, sig: int, frame: Any) -> None:
         """SIGUSR1: gunicorn reopens its logs; the proxy reopens its access log too."""

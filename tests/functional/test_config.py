@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import requests
+import trustme
 import yaml
 
 from cjs_proxy import config
@@ -104,6 +106,58 @@ def test_gunicorn_with_broken_config_exits_quickly_naming_file_and_key(tmp_path,
     assert str(broken.config_path) in output
     assert "server.workers" in output
     assert not port_open(broken.port)
+
+
+#: The ``https`` section of Hipache's own sample config (hipache/hipache README.md,
+#: "Configuration"), minus its ``"passphrase": undefined``, which is not JSON.
+HIPACHE_HTTPS = {
+    "bind": [],
+    "port": 443,
+    "ca": [],
+    "secureProtocol": "SSLv23_method",
+    "secureOptions": 50331648,
+    "key": "/etc/ssl/ssl.key",
+    "cert": "/etc/ssl/ssl.crt",
+    "ciphers": "DH+ECDSA+AESGCM EECDH+aRSA+AESGCM EECDH+ECDSA+SHA384 EECDH+ECDSA+SHA256 EECDH+a "
+               "RSA+SHA384 EECDH+aRSA+SHA256 EECDH+aRSA+RC4 EECDH EDH+aRSA RC4 !aNULL !eNULL !LOW "
+               "!3DES !MD5 !EXP !PSK !SRP !DSS !RC4",
+    "honorCipherOrder": True,
+}
+
+
+def test_hipache_sample_https_section_passes_check_config(tmp_path):
+    """An operator's Hipache config.json keeps working, TLS keys included, without warnings."""
+    ca = trustme.CA()
+    issued = ca.issue_cert("www.example.test")
+    key, cert = tmp_path / "ssl.key", tmp_path / "ssl.crt"
+    issued.private_key_pem.write_to_path(str(key))
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    https = {**HIPACHE_HTTPS, "key": str(key), "cert": str(cert)}
+    for name, text in (("config.json", json.dumps({"https": https}, indent=4)),
+                       ("config.yaml", yaml.safe_dump({"https": https}))):
+        path = write(tmp_path / name, text)
+        result = cli("check-config", str(path))
+        assert result.returncode == 0, (name, result.stderr)
+        assert result.stdout.strip() == f"{path}: OK"
+        assert result.stderr == "", result.stderr
+
+
+def test_tls_keys_python_cannot_honour_are_accepted_with_one_warning_each(tmp_path):
+    path = write(tmp_path / "old.yaml", yaml.safe_dump(
+        {"https": {"secureProtocol": "TLSv1_method", "secureOptions": 0x02000000 | 0x00000004}}))
+    result = cli("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    warnings = result.stderr.strip().splitlines()
+    assert len(warnings) == 2, warnings
+    assert "https.secureProtocol" in warnings[0] and "TLS 1.2" in warnings[0]
+    assert "https.secureOptions" in warnings[1] and "0x4" in warnings[1]
+
+
+def test_invalid_cipher_string_is_a_config_error_naming_the_key(tmp_path):
+    path = write(tmp_path / "ciphers.yaml", 'https:\n  ciphers: "NOT-A-CIPHER:ALSO-NOT"\n')
+    result = cli("check-config", str(path))
+    assert result.returncode == 1
+    assert str(path) in result.stderr and "https.ciphers" in result.stderr
 
 
 # ------------------------------------------------------------------------- flavors

@@ -121,3 +121,47 @@ def test_plain_http_redirects_to_https_when_asked(make_proxy, certs, backends, r
     secure = requests.get(f"https://127.0.0.1:{port}/echo", headers={"Host": host},
                           verify=str(certs["ca"]), timeout=10)
     assert secure.status_code == 200
+
+
+# ------------------------------------------------------------- Hipache's TLS keys
+
+
+def negotiated(port: int, maximum: ssl.TLSVersion | None = None, server_name: str = "default.test") -> tuple[str, str]:
+    """(TLS version, cipher) the proxy agrees to with a client allowing up to ``maximum``."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if maximum is not None:
+        context.maximum_version = maximum
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=server_name) as tls:
+            return tls.version(), tls.cipher()[0]
+
+
+def test_hipache_tls_keys_shape_every_handshake(make_proxy, certs):
+    """``secureProtocol: TLSv1_2_method`` caps the version and ``ciphers`` picks the suite,
+    on the default certificate and on SNI ones alike."""
+    port = free_port()
+    cipher = "ECDHE-ECDSA-AES256-GCM-SHA384"  # trustme's keys are ECDSA
+    proxy = make_proxy(https={
+        "bind": [{"address": "127.0.0.1", "port": port}],
+        "cert": str(certs["default_cert"]), "key": str(certs["default_key"]),
+        "certificates": [{"cert": str(certs["a_cert"]), "key": str(certs["a_key"])}],
+        "secureProtocol": "TLSv1_2_method", "ciphers": cipher, "honorCipherOrder": True,
+    })
+    assert negotiated(port) == ("TLSv1.2", cipher)
+    assert served_names(port, "a.test") == (["a.test"], "TLSv1.2")
+    assert negotiated(port, server_name="a.test") == ("TLSv1.2", cipher)
+    assert "warning" not in proxy.log().lower()
+
+
+def test_old_protocol_request_keeps_the_floor_and_warns_once(make_proxy, certs):
+    port = free_port()
+    proxy = make_proxy(server_workers=2, https={
+        "bind": [{"address": "127.0.0.1", "port": port}],
+        "cert": str(certs["default_cert"]), "key": str(certs["default_key"]),
+        "secureProtocol": "TLSv1_method",
+    })
+    assert negotiated(port)[0] == "TLSv1.3"  # the floor stays, newer versions are offered
+    assert negotiated(port, ssl.TLSVersion.TLSv1_2)[0] == "TLSv1.2"
+    assert proxy.log().count("https.secureProtocol: TLSv1_method") == 1, proxy.log()[-2000:]

@@ -615,3 +615,70 @@ def test_workers_get_the_settings_their_master_validated(tmp_path: Path) -> None
 def test_without_a_snapshot_workers_read_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, "server:\n  workers: 3\n")
     assert config.worker_settings({config.ENV_CONFIG: str(path)})["server.workers"] == 3
+
+
+# ------------------------------------------------------------------ shipped configs
+
+
+def test_debug_is_on_only_in_the_development_config() -> None:
+    """``server.debug`` shows backend URLs to any client sending X-Debug: only the
+    development config may turn it on, and it must say so where it does."""
+    etc = Path(config.PACKAGE_ROOT) / "etc"
+    shipped = sorted(etc.glob("*.yaml"))
+    assert [p.name for p in shipped if p.name != "config.yaml"], "no production config found"
+    for path in shipped:
+        settings = load_settings(path)
+        if path.name == "config.yaml":
+            assert settings["server.debug"] is True
+            lines = path.read_text(encoding="utf-8").splitlines()
+            at = next(i for i, line in enumerate(lines) if line.strip().startswith("debug:"))
+            nearby = " ".join(lines[max(0, at - 3):at + 1]).lower()
+            assert "production" in nearby and "x-debug" in nearby, f"{path.name}: no warning next to debug"
+        else:
+            assert settings["server.debug"] is False, path.name
+    production = load_settings(etc / "config_production.yaml")
+    assert "server.debug" in production.explicit, "config_production.yaml should say debug: false"
+
+
+# ------------------------------------------------------------------- Server header
+
+
+def test_server_header_default_and_value() -> None:
+    assert parse_settings({})["server.serverHeader"] == "cjs-proxy"
+    assert parse_settings({"server": {"serverHeader": "edge/2 (eu)"}})["server.serverHeader"] == "edge/2 (eu)"
+
+
+@pytest.mark.parametrize("value", ["", "x\r\nSet-Cookie: a=b", "tab\there", " padded", "caf\u00e9", 1, None])
+def test_server_header_must_be_a_safe_header_value(value: Any) -> None:
+    error = config_error({"server": {"serverHeader": value}})
+    assert error.key == "server.serverHeader"
+    assert error.problem.startswith("expected"), error.problem  # not "unknown setting"
+
+
+# ------------------------------------------------------------- Hipache's TLS keys
+
+
+def test_hipache_tls_keys_are_accepted() -> None:
+    settings = parse_settings({"https": {
+        "ciphers": "ECDHE+AESGCM:!aNULL", "honorCipherOrder": False,
+        "secureProtocol": "TLSv1_2_method", "secureOptions": 0x02020000}})
+    assert settings["https.ciphers"] == "ECDHE+AESGCM:!aNULL"
+    assert settings["https.honorCipherOrder"] is False
+    assert settings["https.secureProtocol"] == "TLSv1_2_method"
+    assert settings["https.secureOptions"] == 0x02020000
+
+
+@pytest.mark.parametrize(("https", "key", "words"), [
+    ({"ciphers": "NO-SUCH-CIPHER"}, "https.ciphers", "no cipher"),
+    ({"ciphers": ""}, "https.ciphers", "non-empty"),
+    ({"honorCipherOrder": "yes"}, "https.honorCipherOrder", "true or false"),
+    ({"secureProtocol": "TLSv9_method"}, "https.secureProtocol", "TLS_method"),
+    ({"secureProtocol": "TLS_client_method"}, "https.secureProtocol", "client method"),
+    ({"secureOptions": -1}, "https.secureOptions", ">= 0"),
+    ({"secureOptions": "0x3000000"}, "https.secureOptions", "integer"),
+    ({"secureProtocol": "TLSv1_2_method", "secureOptions": 0x08000000}, "https.secureOptions", "no TLS version"),
+])
+def test_bad_tls_keys_name_the_key(https: dict[str, Any], key: str, words: str) -> None:
+    error = config_error({"https": https})
+    assert error.key == key
+    assert words.lower() in error.problem.lower(), error.problem

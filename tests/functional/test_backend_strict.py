@@ -221,7 +221,7 @@ def test_content_length_beside_chunked_is_ignored_and_backend_connection_closed(
         status, headers = a.read_head()
         assert status == 200
         assert header(headers, "Content-Length") in ([], ["5"]), f"backend's Content-Length relayed: {headers}"
-        body = read_body(a, headers)
+        body = a.read_body(headers)
         assert body == b"hello"
         first = scripted.wait_for_request("/cl-te").connection
         # The client's own keep-alive connection is intact...
@@ -230,22 +230,6 @@ def test_content_length_beside_chunked_is_ignored_and_backend_connection_closed(
     wait_until(lambda: scripted.connection_closed(first), what="backend connection of /cl-te closed")
     b = own_response(one_socket, scripted, scripted_host, "/b-after-cl-te")
     assert first not in (second.connection, b.connection)
-
-
-def read_body(conn: Client, headers: list[tuple[str, str]]) -> bytes:
-    """The body after a head already read, by the framing the proxy sent (chunked or length)."""
-    values = {name.lower(): value for name, value in headers}
-    if "chunked" in values.get("transfer-encoding", "").lower():
-        body = b""
-        while True:
-            size = int(conn._line().split(b";")[0], 16)
-            if size == 0:
-                while conn._line():
-                    pass
-                return body
-            body += conn._take(size)
-            assert conn._take(2) == b"\r\n"
-    return conn._take(int(values["content-length"]))
 
 
 # ------------------------------------------------ 3. 101 to an ordinary request

@@ -104,6 +104,10 @@ class RawConnection:
         status, headers = self.read_head()
         if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
             return status, headers, b""
+        return status, headers, self.read_body(headers)
+
+    def read_body(self, headers: list[tuple[str, str]]) -> bytes:
+        """The body after a head already read, by the framing it declares (chunked or length)."""
         values = {name.lower(): value for name, value in headers}
         if "chunked" in values.get("transfer-encoding", "").lower():
             body = b""
@@ -112,11 +116,11 @@ class RawConnection:
                 if size == 0:
                     while self._line():
                         pass
-                    return status, headers, body
+                    return body
                 body += self._take(size)
                 assert self._take(2) == b"\r\n"
         if "content-length" in values:
-            return status, headers, self._take(int(values["content-length"]))
+            return self._take(int(values["content-length"]))
         raise AssertionError(f"response without framing on a keep-alive connection: {headers}")
 
     def pending(self, wait: float = 0.3) -> bytes:

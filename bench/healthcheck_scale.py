@@ -22,8 +22,8 @@ from pathlib import Path  # noqa: E402
 import redis  # noqa: E402
 from servers import Backend, RedisServer  # noqa: E402
 
-from cjs_proxy.healthcheck import HealthChecker, ProbeSettings  # noqa: E402
-from cjs_proxy.store import RouteStore  # noqa: E402
+from cjs_proxy.admin.active_health import HealthChecker, ProbeSettings  # noqa: E402
+from cjs_proxy.pipeline.store import RouteStore  # noqa: E402
 
 
 def cpu_seconds() -> float:

@@ -290,7 +290,7 @@ cipher_list.type_name = "OpenSSL cipher string"  # type: ignore[attr-defined]
 
 def node_protocol(value: Any) -> str:
     """Node's ``secureProtocol``: a method name from its (OpenSSL's) list."""
-    from .tlspolicy import NODE_PROTOCOLS
+    from cjs_proxy.lifecycle.tlspolicy import NODE_PROTOCOLS
 
     if value not in NODE_PROTOCOLS:
         known = ", ".join(name for name in NODE_PROTOCOLS if not name.endswith("_client_method"))
@@ -679,7 +679,7 @@ def _check_consistency(values: dict[str, Any], path: str | os.PathLike[str]) -> 
             if not values[key] and not all(b.get(key.split(".")[1]) for b in values["https.bind"]):
                 raise ConfigError(path, key, "required when https.bind lists addresses")
     if values["https.secureProtocol"] is not None or values["https.secureOptions"] is not None:
-        from .tlspolicy import NoTlsVersion, tls_policy
+        from cjs_proxy.lifecycle.tlspolicy import NoTlsVersion, tls_policy
 
         try:
             tls_policy(values)

@@ -21,10 +21,8 @@ from urllib.parse import urlsplit
 
 from gunicorn.workers.base_async import ALREADY_HANDLED
 
-from . import config
-from .accesslog import AccessEntry, AccessLog
-from .errors import ErrorPages, reason_phrase
-from .exceptions import (
+from cjs_proxy import config
+from cjs_proxy.exceptions import (
     BackendTimeout,
     BackendUnavailable,
     BadRequest,
@@ -34,7 +32,9 @@ from .exceptions import (
     ProxyError,
     UnsupportedTransferCoding,
 )
-from .headers import (
+from cjs_proxy.pipeline.accesslog import AccessEntry, AccessLog
+from cjs_proxy.pipeline.error_pages import ErrorPages, reason_phrase
+from cjs_proxy.pipeline.headers import (
     client_address,
     downstream_response_headers,
     escape_header_value,
@@ -43,13 +43,13 @@ from .headers import (
     parse_networks,
     upstream_request_headers,
 )
-from .health import Backend, BackendHealth
-from .http1 import ResponseHead
-from .ratelimit import RateLimiter
-from .router import Route, RouteCache, Router, normalize_host
-from .store import InvalidationFeed, RouteStore
-from .upstream import RequestBody, Upstream, UpstreamBroken, UpstreamResponse, make_session
-from .websocket import WEBSOCKET, Tunnel, is_upgrade
+from cjs_proxy.pipeline.http1 import ResponseHead
+from cjs_proxy.pipeline.passive_health import Backend, BackendHealth
+from cjs_proxy.pipeline.ratelimit import RateLimiter
+from cjs_proxy.pipeline.router import Route, RouteCache, Router, normalize_host
+from cjs_proxy.pipeline.store import InvalidationFeed, RouteStore
+from cjs_proxy.pipeline.upstream import RequestBody, Upstream, UpstreamBroken, UpstreamResponse, make_session
+from cjs_proxy.pipeline.websocket import WEBSOCKET, Tunnel, is_upgrade
 
 log = logging.getLogger("cjs_proxy")
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from cjs_proxy.embedded import ping
+from cjs_proxy.lifecycle.embedded import ping
 from tests.harness import Backend, Proxy, RedisServer, WebSocketBackend
 from tests.scripted_backend import Answer, ScriptedBackend
 

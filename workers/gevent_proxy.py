@@ -7,7 +7,7 @@ gunicorn's TLS settings apply to every listener at once; the proxy listens for H
 HTTPS side by side, so connections on the HTTPS listeners are wrapped here instead.
 
 Lifecycle hooks (README "Worker lifecycle and signals"): the switch away from root, the
-memory watchdog, retiring through a successor (``cjs_proxy.handover``) at
+memory watchdog, retiring through a successor (``cjs_proxy.lifecycle.handover``) at
 ``server.maxRequests``, and the bound on requests per client connection.
 
 Answers gunicorn writes itself are made the proxy's: requests its parser rejects get
@@ -29,9 +29,10 @@ from gunicorn import util
 from gunicorn.http import wsgi as gunicorn_wsgi
 from gunicorn.workers.ggevent import GeventWorker
 
-from cjs_proxy import config, handover, privileges
-from cjs_proxy.errors import ErrorPages
-from cjs_proxy.watchdog import MemoryWatchdog
+from cjs_proxy import config
+from cjs_proxy.lifecycle import handover, privileges
+from cjs_proxy.lifecycle.watchdog import MemoryWatchdog
+from cjs_proxy.pipeline.error_pages import ErrorPages
 
 #: Seconds a client has to complete the TLS handshake.
 HANDSHAKE_TIMEOUT = 10.0
@@ -180,7 +181,7 @@ class ProxyWorker(GeventWorker):
         """Leave gracefully and be replaced: stop accepting, finish in-flight requests, exit.
 
         The worker keeps accepting until the master has started its successor and that
-        one accepts (``cjs_proxy.handover``); then the master's SIGTERM makes gunicorn's
+        one accepts (``cjs_proxy.lifecycle.handover``); then the master's SIGTERM makes gunicorn's
         loop close the listeners and drain for up to ``graceful_timeout``.
         """
         if self.retiring or not self.alive:
@@ -233,7 +234,7 @@ class ProxyWorker(GeventWorker):
         self.error_pages = ErrorPages(settings["server.staticDir"])
         if settings["https.bind"]:
             # Only where HTTPS is served: cryptography adds ~10 MiB to a worker.
-            from cjs_proxy.tls import listener_contexts
+            from cjs_proxy.lifecycle.tls import listener_contexts
 
             self.tls_by_listener = listener_contexts(settings, [s.getsockname() for s in self.sockets])
 

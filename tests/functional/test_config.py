@@ -24,7 +24,7 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     environ = {k: v for k, v in os.environ.items()
                if k not in (config.ENV_CONFIG, config.ENV_FLAVOR, config.ENV_ETC)}
     environ.update(env or {})
-    return subprocess.run([sys.executable, "-m", "cjs_proxy.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cjs_proxy.admin.cli", *args], capture_output=True,
                           text=True, timeout=30, env=environ, cwd=ROOT)
 
 

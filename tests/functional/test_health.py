@@ -46,7 +46,7 @@ def get(proxy, host, path="/echo", **kwargs):
 
 
 def run_health_check(config_path, rounds=1):
-    return subprocess.run([sys.executable, "-m", "cjs_proxy.cli", "--config", str(config_path),
+    return subprocess.run([sys.executable, "-m", "cjs_proxy.admin.cli", "--config", str(config_path),
                            "health-check", "--rounds", str(rounds)],
                           capture_output=True, text=True, timeout=60, check=True)
 

@@ -27,7 +27,7 @@ import redis
 import requests
 import yaml
 
-from cjs_proxy.embedded import ping
+from cjs_proxy.lifecycle.embedded import ping
 from tests.backend import PATTERN
 from tests.harness import GUNICORN_CONF, ROOT, Process, Proxy, free_port, port_open, proxy_config
 

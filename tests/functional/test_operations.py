@@ -14,7 +14,7 @@ from pathlib import Path
 
 import requests
 
-from cjs_proxy.embedded import ping
+from cjs_proxy.lifecycle.embedded import ping
 from tests.harness import ROOT, Proxy, RedisServer, port_open
 
 TIMEOUT = 5
@@ -43,7 +43,7 @@ def wait_for(check: Callable[[], object], timeout: float, what: str) -> object:
 
 def cli(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("CJS_PROXY_", "SETTINGS_FLAVOR"))}
-    return subprocess.run([sys.executable, "-m", "cjs_proxy.cli", "--config", str(config_path), *args],
+    return subprocess.run([sys.executable, "-m", "cjs_proxy.admin.cli", "--config", str(config_path), *args],
                           capture_output=True, text=True, timeout=30, env=environ, cwd=ROOT)
 
 

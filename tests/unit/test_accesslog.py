@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cjs_proxy.accesslog import AccessEntry, AccessLog, format_line, local_time
+from cjs_proxy.pipeline.accesslog import AccessEntry, AccessLog, format_line, local_time
 
 STAMP = "10/Oct/2000:13:55:36 -0700"
 

@@ -6,8 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from cjs_proxy import errors
-from cjs_proxy.errors import ErrorPages, bundled_dir, reason_phrase
 from cjs_proxy.exceptions import (
     BackendBusy,
     BackendTimeout,
@@ -20,6 +18,8 @@ from cjs_proxy.exceptions import (
     StoreUnavailable,
     UnknownHost,
 )
+from cjs_proxy.pipeline import error_pages
+from cjs_proxy.pipeline.error_pages import ErrorPages, bundled_dir, reason_phrase
 
 
 def pages_in(folder: Path, **files: str) -> ErrorPages:
@@ -132,7 +132,7 @@ def test_response_headers_are_a_fresh_list(tmp_path: Path) -> None:
     first.append(("x-debug-error", "x"))
     _, second, _ = pages.response(502, "x")
     assert ("x-debug-error", "x") not in second
-    assert ("x-debug-error", "x") not in errors.NO_CACHE
+    assert ("x-debug-error", "x") not in error_pages.NO_CACHE
 
 
 @pytest.mark.parametrize(("status", "phrase"), [

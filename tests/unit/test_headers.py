@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from cjs_proxy.headers import (
+from cjs_proxy.pipeline.headers import (
     client_address,
     downstream_response_headers,
     escape_header_value,

@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 from cjs_proxy.exceptions import InvalidFrontend, NoLiveBackend
-from cjs_proxy.health import (
+from cjs_proxy.pipeline.passive_health import (
     FAILURE_STREAKS_MAX,
     Backend,
     BackendHealth,
@@ -17,8 +17,8 @@ from cjs_proxy.health import (
     is_failure_answer,
     live_backends,
 )
-from cjs_proxy.router import Route
-from cjs_proxy.store import Frontend, StoreError
+from cjs_proxy.pipeline.router import Route
+from cjs_proxy.pipeline.store import Frontend, StoreError
 
 URLS = ("http://10.0.0.1:80", "http://10.0.0.2:80", "http://10.0.0.3:80")
 
@@ -302,7 +302,7 @@ def test_only_usable_backend_is_never_marked() -> None:
 def test_malformed_urls_are_logged_once_per_interval_naming_the_key(caplog: pytest.LogCaptureFixture) -> None:
     policy = health(FakeStore())
     r = route(backends=(BAD[2], URLS[0]), host="x.app.example")
-    with caplog.at_level(logging.WARNING, logger="cjs_proxy.health"):
+    with caplog.at_level(logging.WARNING, logger="cjs_proxy.pipeline.passive_health"):
         for _ in range(5):
             assert policy.choose(r) == Backend(1, URLS[0])
     lines = [record.getMessage() for record in caplog.records]
@@ -314,7 +314,7 @@ def test_malformed_urls_are_logged_once_per_interval_naming_the_key(caplog: pyte
 
 def test_no_usable_url_is_logged_before_the_502(caplog: pytest.LogCaptureFixture) -> None:
     policy = health(FakeStore())
-    with caplog.at_level(logging.WARNING, logger="cjs_proxy.health"), pytest.raises(InvalidFrontend):
+    with caplog.at_level(logging.WARNING, logger="cjs_proxy.pipeline.passive_health"), pytest.raises(InvalidFrontend):
         policy.choose(route(backends=BAD))
     assert len(caplog.records) == 1
     assert "frontend:app.example" in caplog.records[0].getMessage()
@@ -325,13 +325,13 @@ def test_retries_do_not_log_again(caplog: pytest.LogCaptureFixture) -> None:
     policy = health(FakeStore())
     policy.events.clock = iter(range(0, 1000, 60)).__next__  # every call a new interval
     r = route(backends=(BAD[1], URLS[0], URLS[1]))
-    with caplog.at_level(logging.WARNING, logger="cjs_proxy.health"):
+    with caplog.at_level(logging.WARNING, logger="cjs_proxy.pipeline.passive_health"):
         first = policy.choose(r)
         policy.choose(r, tried=[first.url])
     assert len(caplog.records) == 1
 
 
 def test_long_malformed_urls_are_shortened_in_the_log(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="cjs_proxy.health"), pytest.raises(InvalidFrontend):
+    with caplog.at_level(logging.WARNING, logger="cjs_proxy.pipeline.passive_health"), pytest.raises(InvalidFrontend):
         health(FakeStore()).choose(route(backends=("x" * 100_000,)))
     assert len(caplog.records[0].getMessage()) < 400

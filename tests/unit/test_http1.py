@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from cjs_proxy.exceptions import BackendClosed, BackendProtocolError, BackendTimeout
-from cjs_proxy.http1 import ResponseHead, ResponseReader, UpstreamBroken, encode_request_head
+from cjs_proxy.pipeline.http1 import ResponseHead, ResponseReader, UpstreamBroken, encode_request_head
 
 URL = "http://backend.test"
 

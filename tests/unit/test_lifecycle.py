@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from cjs_proxy import config, gunicorn_conf, privileges
-from cjs_proxy.handover import READY, RETIRE, HandoverChannel
-from cjs_proxy.watchdog import MIB, MemoryWatchdog, rss_bytes
+from cjs_proxy import config
+from cjs_proxy.lifecycle import gunicorn_conf, privileges
+from cjs_proxy.lifecycle.handover import READY, RETIRE, HandoverChannel
+from cjs_proxy.lifecycle.watchdog import MIB, MemoryWatchdog, rss_bytes
 
 # ------------------------------------------------------------------- watchdog
 

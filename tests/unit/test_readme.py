@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from cjs_proxy.cli import with_settings_table
+from cjs_proxy.admin.cli import with_settings_table
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

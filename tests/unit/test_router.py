@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from cjs_proxy import router as router_module
 from cjs_proxy.exceptions import BadRequest, InvalidHost, StoreUnavailable, UnknownHost
-from cjs_proxy.router import Route, RouteCache, Router, backend_url_problem, lookup_candidates, normalize_host
-from cjs_proxy.store import Frontend, StoreError
+from cjs_proxy.pipeline import router as router_module
+from cjs_proxy.pipeline.router import Route, RouteCache, Router, backend_url_problem, lookup_candidates, normalize_host
+from cjs_proxy.pipeline.store import Frontend, StoreError
 
 # ------------------------------------------------------------------ normalize_host
 

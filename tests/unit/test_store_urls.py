@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from cjs_proxy import config
-from cjs_proxy.store import RouteStore, split_driver_url
+from cjs_proxy.pipeline.store import RouteStore, split_driver_url
 
 
 @pytest.mark.parametrize(("url", "expected"), [

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from cjs_proxy.tls import apply_policy
-from cjs_proxy.tlspolicy import SECURE_OPTIONS, NoTlsVersion, TlsPolicy, tls_policy
+from cjs_proxy.lifecycle.tls import apply_policy
+from cjs_proxy.lifecycle.tlspolicy import SECURE_OPTIONS, NoTlsVersion, TlsPolicy, tls_policy
 
 #: Hipache's sample config: SSL_OP_NO_SSLv2 | SSL_OP_NO_SSLv3 in OpenSSL 1.0's numbering.
 HIPACHE_SECURE_OPTIONS = 50331648

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from cjs_proxy.upstream import BackendConnection
+from cjs_proxy.pipeline.upstream import BackendConnection
 
 
 def connection_on(sock: socket.socket) -> BackendConnection:

@@ -27,7 +27,7 @@ from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.exceptions import ClosedPoolError, EmptyPoolError
 from urllib3.poolmanager import PoolManager
 
-from .exceptions import (
+from cjs_proxy.exceptions import (
     BackendBusy,
     BackendClosed,
     BackendTimeout,
@@ -36,7 +36,7 @@ from .exceptions import (
     ClientClosedRequest,
     PayloadTooLarge,
 )
-from .http1 import ResponseHead, ResponseReader, UpstreamBroken, encode_request_head
+from cjs_proxy.pipeline.http1 import ResponseHead, ResponseReader, UpstreamBroken, encode_request_head
 
 __all__ = ["BackendAdapter", "RequestBody", "Upstream", "UpstreamBroken", "UpstreamResponse", "make_session"]
 
@@ -113,7 +113,7 @@ class BackendPool(HTTPConnectionPool):
         self._put_conn(conn)  # type: ignore[arg-type]
 
     def urlopen(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("backend pools are used through cjs_proxy.upstream.Upstream.send")
+        raise NotImplementedError("backend pools are used through cjs_proxy.pipeline.upstream.Upstream.send")
 
 
 class TLSBackendPool(BackendPool):

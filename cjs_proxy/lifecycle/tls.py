@@ -5,7 +5,7 @@ certificate (``https.cert``/``https.key``, or the listener's own); the certifica
 ``https.certificates`` are offered by SNI, matched on their subject alternative names
 (wildcards included). A client without SNI, or asking for an unknown name, gets the
 default certificate. Every context, SNI ones included, gets the same protocol range,
-ciphers and options (Hipache's keys, see ``cjs_proxy.tlspolicy``).
+ciphers and options (Hipache's keys, see ``cjs_proxy.lifecycle.tlspolicy``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID, NameOID
 
-from .config import https_listeners
-from .tlspolicy import TlsPolicy, tls_policy
+from cjs_proxy.config import https_listeners
+from cjs_proxy.lifecycle.tlspolicy import TlsPolicy, tls_policy
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def name_matches(pattern: str, server_name: str) -> bool:
 
 
 def apply_policy(context: ssl.SSLContext, policy: TlsPolicy) -> None:
-    """Hipache's ``https.*`` TLS keys, as ``cjs_proxy.tlspolicy`` translated them."""
+    """Hipache's ``https.*`` TLS keys, as ``cjs_proxy.lifecycle.tlspolicy`` translated them."""
     context.minimum_version = getattr(ssl.TLSVersion, policy.minimum)
     if policy.maximum is not None:
         context.maximum_version = getattr(ssl.TLSVersion, policy.maximum)

@@ -17,10 +17,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
-from .exceptions import InvalidHost, StoreUnavailable, UnknownHost
-from .store import Frontend, InvalidationFeed, LimitVerdict, RouteStore, StoreError
+from cjs_proxy.exceptions import InvalidHost, StoreUnavailable, UnknownHost
+from cjs_proxy.pipeline.store import Frontend, InvalidationFeed, LimitVerdict, RouteStore, StoreError
 
-log = logging.getLogger("cjs_proxy.router")
+log = logging.getLogger("cjs_proxy.pipeline.router")
 
 #: Longest wildcard suffix tried, in labels (Hipache's bound).
 MAX_WILDCARD_LABELS = 5

@@ -11,7 +11,7 @@ import http
 import sys
 from pathlib import Path
 
-from .config import PACKAGE_ROOT
+from cjs_proxy.config import PACKAGE_ROOT
 
 #: Where the bundled pages live: the checkout's ``errors/``, or the installed copy.
 BUNDLED_DIRS = (PACKAGE_ROOT / "errors", Path(sys.prefix) / "share" / "cjs-proxy" / "errors")

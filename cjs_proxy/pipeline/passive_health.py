@@ -25,12 +25,12 @@ import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
-from .eventlog import EventLog
-from .exceptions import InvalidFrontend, NoLiveBackend
-from .router import Route
-from .store import RouteStore, StoreError
+from cjs_proxy.eventlog import EventLog
+from cjs_proxy.exceptions import InvalidFrontend, NoLiveBackend
+from cjs_proxy.pipeline.router import Route
+from cjs_proxy.pipeline.store import RouteStore, StoreError
 
-log = logging.getLogger("cjs_proxy.health")
+log = logging.getLogger("cjs_proxy.pipeline.passive_health")
 #: Backends whose failure streak a worker remembers; past this the oldest streak is forgotten.
 FAILURE_STREAKS_MAX = 4096
 #: Malformed backend URLs named in one log line; longer URLs are cut at ``SHOWN_CHARS``.

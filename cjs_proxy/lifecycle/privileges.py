@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import config
+from cjs_proxy import config
 
 
 class PrivilegeError(Exception):

@@ -22,7 +22,7 @@ import gevent
 import redis
 from gevent import monkey
 
-log = logging.getLogger("cjs_proxy.store")
+log = logging.getLogger("cjs_proxy.pipeline.store")
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 DEAD_CHANNEL = "dead"

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import redis
 
-from . import config
-from .embedded import find_redis_server
-from .healthcheck import HealthChecker, ProbeSettings
-from .store import RouteStore, StoreError, split_driver_url
-from .tlspolicy import tls_policy
+from cjs_proxy import config
+from cjs_proxy.admin.active_health import HealthChecker, ProbeSettings
+from cjs_proxy.lifecycle.embedded import find_redis_server
+from cjs_proxy.lifecycle.tlspolicy import tls_policy
+from cjs_proxy.pipeline.store import RouteStore, StoreError, split_driver_url
 
 ADMIN_TIMEOUT = 5.0
 

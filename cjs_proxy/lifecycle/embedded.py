@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-log = logging.getLogger("cjs_proxy.embedded")
+log = logging.getLogger("cjs_proxy.lifecycle.embedded")
 
 #: Longest unix socket path the kernel accepts (``sun_path`` less the NUL).
 MAX_SOCKET_PATH = 107

@@ -21,12 +21,12 @@ import gevent
 import gevent.pool
 from gevent import socket as gsocket
 
-from .exceptions import ProxyError
-from .http1 import ResponseReader, encode_request_head
-from .store import RouteStore
-from .upstream import BackendConnection
+from cjs_proxy.exceptions import ProxyError
+from cjs_proxy.pipeline.http1 import ResponseReader, encode_request_head
+from cjs_proxy.pipeline.store import RouteStore
+from cjs_proxy.pipeline.upstream import BackendConnection
 
-log = logging.getLogger("cjs_proxy.healthcheck")
+log = logging.getLogger("cjs_proxy.admin.active_health")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-log = logging.getLogger("cjs_proxy.watchdog")
+log = logging.getLogger("cjs_proxy.lifecycle.watchdog")
 
 MIB = 1024 * 1024
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")

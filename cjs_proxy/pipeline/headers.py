@@ -31,7 +31,7 @@ RESPONSE_REPLACED = frozenset({"server", "date"})
 #: What gunicorn accepts in a response header (RFC 9110 token and field-value).
 _VALID_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-zA-Z-]+")
 _VALID_VALUE = re.compile(r"[ \t\x21-\x7e\x80-\xff]*")
-log = logging.getLogger("cjs_proxy.headers")
+log = logging.getLogger("cjs_proxy.pipeline.headers")
 
 
 def escape_header_value(value: str) -> str:

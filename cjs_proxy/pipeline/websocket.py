@@ -19,7 +19,7 @@ from typing import Any
 
 import gevent
 
-log = logging.getLogger("cjs_proxy.websocket")
+log = logging.getLogger("cjs_proxy.pipeline.websocket")
 
 #: Bytes copied per step in each direction.
 PIPE_CHUNK = 64 * 1024

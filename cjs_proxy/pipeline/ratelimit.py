@@ -18,13 +18,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import config
-from .eventlog import EventLog
-from .exceptions import LimiterUnavailable, RateLimited
-from .router import Route
-from .store import LimitVerdict
+from cjs_proxy import config
+from cjs_proxy.eventlog import EventLog
+from cjs_proxy.exceptions import LimiterUnavailable, RateLimited
+from cjs_proxy.pipeline.router import Route
+from cjs_proxy.pipeline.store import LimitVerdict
 
-log = logging.getLogger("cjs_proxy.ratelimit")
+log = logging.getLogger("cjs_proxy.pipeline.ratelimit")
 
 
 

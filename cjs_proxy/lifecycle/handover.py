@@ -129,7 +129,7 @@ class HandoverChannel:
 _channel: HandoverChannel | None = None
 
 
-# gunicorn hooks (``cjs_proxy.gunicorn_conf``), in the master unless noted.
+# gunicorn hooks (``cjs_proxy.lifecycle.gunicorn_conf``), in the master unless noted.
 
 
 def start(arbiter: Any) -> None:

@@ -11,9 +11,10 @@ import os
 import sys
 from typing import Any
 
-from . import config, handover, privileges
-from .embedded import EmbeddedRedis, EmbeddedRedisError, find_redis_server
-from .tlspolicy import tls_policy
+from cjs_proxy import config
+from cjs_proxy.lifecycle import handover, privileges
+from cjs_proxy.lifecycle.embedded import EmbeddedRedis, EmbeddedRedisError, find_redis_server
+from cjs_proxy.lifecycle.tlspolicy import tls_policy
 
 WORKER_CLASS = "workers.gevent_proxy.ProxyWorker"
 log = logging.getLogger("cjs_proxy")

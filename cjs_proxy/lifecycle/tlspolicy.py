@@ -7,7 +7,7 @@ methods and reads no numeric masks, so they become a ``TlsPolicy``: a version ra
 start-up for what cannot be honoured. TLS 1.2 stays the floor whatever is asked.
 
 Pure data, no ``ssl`` import: the gunicorn master reads this with the config, and
-``cjs_proxy.tls`` applies it to every context in the workers.
+``cjs_proxy.lifecycle.tls`` applies it to every context in the workers.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class NoTlsVersion(ValueError):
 
 @dataclass(frozen=True)
 class TlsPolicy:
-    """What every HTTPS context of the proxy applies (``cjs_proxy.tls.apply_policy``)."""
+    """What every HTTPS context of the proxy applies (``cjs_proxy.lifecycle.tls.apply_policy``)."""
 
     minimum: str = FLOOR
     maximum: str | None = None

@@ -26,7 +26,7 @@ from typing import Any
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
-from .exceptions import BackendClosed, BackendProtocolError, BackendTimeout, BackendUnavailable
+from cjs_proxy.exceptions import BackendClosed, BackendProtocolError, BackendTimeout, BackendUnavailable
 
 #: Largest response head accepted from a backend (nginx's proxy_buffer_size is 4-8 KiB).
 MAX_HEAD = 64 * 1024

@@ -1,0 +1,2 @@
+"""Administration: the ``cjs-proxy`` command (``cli``) and the active health checker
+(``active_health``), which runs beside the proxies, one per cluster."""

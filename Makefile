@@ -34,8 +34,9 @@ unit: $(STAMP)
 functional: $(STAMP)
 	$(BIN)/python -m pytest tests/functional
 
-lint: $(STAMP)
+lint: $(STAMP)  # ruff everywhere, mypy on the package and the worker class (mypy.ini)
 	$(BIN)/ruff check cjs_proxy workers tests etc bench setup.py
+	$(BIN)/mypy cjs_proxy workers
 
 settings-table: $(STAMP)
 	@$(BIN)/cjs-proxy settings

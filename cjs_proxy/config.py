@@ -157,7 +157,7 @@ def tiers(value: Any) -> dict[str, dict[str, Any]]:
         raise ValueError(f"expected a mapping of tier names to {{rate, burst}}, got {value!r}")
     if "default" not in value:
         raise ValueError("a 'default' tier is required (it applies to frontends without tier:<host>)")
-    result = {}
+    result: dict[str, dict[str, Any]] = {}
     for name, spec in value.items():
         if not isinstance(name, str) or not name or any(c in name for c in "|;\n"):
             raise ValueError(f"tier name {name!r} must be a non-empty string without '|' or ';'")
@@ -165,7 +165,7 @@ def tiers(value: Any) -> dict[str, dict[str, Any]]:
             raise ValueError(f"{name}: expected {{rate, burst, perIp, enforce}}, got {spec!r}")
         extra = {k: spec[k] for k in ("perIp", "enforce") if k in spec}
         try:
-            tier = limit({k: v for k, v in spec.items() if k not in extra})
+            tier: dict[str, Any] = dict(limit({k: v for k, v in spec.items() if k not in extra}))
             tier["perIp"] = limit(extra["perIp"]) if extra.get("perIp") is not None else None
             tier["enforce"] = boolean(extra.get("enforce", True))
         except ValueError as exc:
@@ -601,7 +601,7 @@ def _flatten(raw: dict[str, Any], path: str | os.PathLike[str]) -> dict[str, Any
 def _upgrade_legacy(raw: dict[str, Any], path: str | os.PathLike[str]) -> dict[str, Any]:
     """Accept Hipache 0.3's keys and the ConcussionJS ``redis: {host, port}`` form."""
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
-    server = raw.get("server") if isinstance(raw.get("server"), dict) else {}
+    server: dict[str, Any] = raw["server"] if isinstance(raw.get("server"), dict) else {}
     moves = {"port": ("http", "port"), "address": ("http", "bind")}
     for old, (section, new) in moves.items():
         if old in server:
@@ -613,7 +613,8 @@ def _upgrade_legacy(raw: dict[str, Any], path: str | os.PathLike[str]) -> dict[s
             https.setdefault(key, value)
         https.setdefault("bind", https.get("address", ["127.0.0.1"]))
         https.pop("address", None)
-    legacy_redis = {k: raw.pop(k) for k in ("redisHost", "redisPort", "redisPassword", "redisDatabase") if k in raw}
+    legacy_redis: dict[str, Any] = {
+        k: raw.pop(k) for k in ("redisHost", "redisPort", "redisPassword", "redisDatabase") if k in raw}
     if "redis" in raw:
         block = raw.pop("redis")
         if not isinstance(block, dict):

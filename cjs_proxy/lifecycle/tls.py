@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from cjs_proxy.config import https_listeners
 from cjs_proxy.lifecycle.tlspolicy import TlsPolicy, tls_policy
@@ -36,11 +36,11 @@ def certificate_names(cert_path: str) -> list[str]:
     """The DNS names a certificate is for: its SANs, else its common name (lowercase)."""
     cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
     try:
-        san = cert.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
-        names = san.value.get_values_for_type(x509.DNSName)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        names: list[str | bytes] = list(san.value.get_values_for_type(x509.DNSName))
     except x509.ExtensionNotFound:
         names = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    return [str(n).lower().rstrip(".") for n in names]
+    return [(n.decode() if isinstance(n, bytes) else n).lower().rstrip(".") for n in names]
 
 
 def name_matches(pattern: str, server_name: str) -> bool:

@@ -57,7 +57,7 @@ def live_backends(route: Route) -> list[Backend]:
     return [b for b in usable_backends(route) if b.id not in dead]
 
 
-def choose_backend(route: Route, rng: random.Random = random._inst,  # type: ignore[attr-defined]
+def choose_backend(route: Route, rng: random.Random = random._inst,
                    tried: Collection[str] = ()) -> tuple[Backend, bool]:
     """A backend picked uniformly at random among the live ones not tried yet.
 

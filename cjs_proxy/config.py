@@ -50,7 +50,25 @@ def _type_name(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def integer(minimum: int | None = None) -> Callable[[Any], int]:
+class Check:
+    """A setting's check, with the name of the type it accepts (shown in the settings table)."""
+
+    __slots__ = ("label", "validate")
+
+    def __init__(self, label: str, validate: Callable[[Any], Any]) -> None:
+        self.label = label
+        self.validate = validate
+
+    def __call__(self, value: Any) -> Any:
+        return self.validate(value)
+
+
+def labelled(label: str) -> Callable[[Callable[[Any], Any]], Check]:
+    """``@labelled("port")`` makes a check function a ``Check`` named ``port``."""
+    return lambda validate: Check(label, validate)
+
+
+def integer(minimum: int | None = None) -> Check:
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"expected an integer, got {_type_name(value)} {value!r}")
@@ -58,11 +76,10 @@ def integer(minimum: int | None = None) -> Callable[[Any], int]:
             raise ValueError(f"must be >= {minimum}, got {value}")
         return value
 
-    check.type_name = "integer"  # type: ignore[attr-defined]
-    return check
+    return Check("integer", check)
 
 
-def number(minimum: float = 0.0) -> Callable[[Any], float]:
+def number(minimum: float = 0.0) -> Check:
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"expected a number, got {_type_name(value)} {value!r}")
@@ -70,45 +87,41 @@ def number(minimum: float = 0.0) -> Callable[[Any], float]:
             raise ValueError(f"must be > {minimum:g}, got {value}")
         return float(value)
 
-    check.type_name = "number"  # type: ignore[attr-defined]
-    return check
+    return Check("number", check)
 
 
+@labelled("boolean")
 def boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {_type_name(value)} {value!r}")
     return value
 
 
-boolean.type_name = "boolean"  # type: ignore[attr-defined]
 
-
+@labelled("string")
 def string(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"expected a non-empty string, got {_type_name(value)} {value!r}")
     return value
 
 
-string.type_name = "string"  # type: ignore[attr-defined]
 
-
-def optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+def optional(check: Check) -> Check:
     def check_optional(value: Any) -> Any:
         return None if value is None else check(value)
 
-    check_optional.type_name = f"{check.type_name} or null"  # type: ignore[attr-defined]
-    return check_optional
+    return Check(f"{check.label} or null", check_optional)
 
 
+@labelled("name or id")
 def name_or_id(value: Any) -> str | int:
     if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
         raise ValueError(f"expected a user/group name or numeric id, got {value!r}")
     return value
 
 
-name_or_id.type_name = "name or id"  # type: ignore[attr-defined]
 
-
+@labelled("string or list")
 def strings(value: Any) -> list[str]:
     """A string or a list of strings (Hipache accepts both for ``https.ca``)."""
     items = [value] if isinstance(value, str) else value
@@ -117,9 +130,8 @@ def strings(value: Any) -> list[str]:
     return list(items)
 
 
-strings.type_name = "string or list"  # type: ignore[attr-defined]
 
-
+@labelled("list of CIDR")
 def cidrs(value: Any) -> list[str]:
     if not isinstance(value, list):
         raise ValueError(f"expected a list of CIDR networks, got {_type_name(value)}")
@@ -131,9 +143,8 @@ def cidrs(value: Any) -> list[str]:
     return [str(item) for item in value]
 
 
-cidrs.type_name = "list of CIDR"  # type: ignore[attr-defined]
 
-
+@labelled("{rate, burst}")
 def limit(value: Any) -> dict[str, float]:
     """A rate limit: ``{rate: requests per second, burst: requests at once}``."""
     if not isinstance(value, dict):
@@ -148,9 +159,8 @@ def limit(value: Any) -> dict[str, float]:
     return {"rate": rate, "burst": burst}
 
 
-limit.type_name = "{rate, burst}"  # type: ignore[attr-defined]
 
-
+@labelled("tiers")
 def tiers(value: Any) -> dict[str, dict[str, Any]]:
     """Service tiers: name -> ``{rate, burst, perIp: {rate, burst}, enforce}``; ``default`` is required."""
     if not isinstance(value, dict) or not value:
@@ -174,19 +184,17 @@ def tiers(value: Any) -> dict[str, dict[str, Any]]:
     return result
 
 
-tiers.type_name = "tiers"  # type: ignore[attr-defined]
 
-
-def choice(*options: str) -> Callable[[Any], str]:
+def choice(*options: str) -> Check:
     def check(value: Any) -> str:
         if value not in options:
             raise ValueError(f"expected one of {', '.join(options)}, got {value!r}")
         return value
 
-    check.type_name = " or ".join(options)  # type: ignore[attr-defined]
-    return check
+    return Check(" or ".join(options), check)
 
 
+@labelled("address(es)")
 def binds(value: Any) -> list[dict[str, Any]]:
     """Hipache's ``bind``: an address, a list of addresses, or ``{address, port}`` objects.
 
@@ -218,9 +226,8 @@ def binds(value: Any) -> list[dict[str, Any]]:
     return result
 
 
-binds.type_name = "address(es)"  # type: ignore[attr-defined]
 
-
+@labelled("list of {cert, key}")
 def certificates(value: Any) -> list[dict[str, str]]:
     if not isinstance(value, list):
         raise ValueError(f"expected a list of {{cert, key}}, got {_type_name(value)}")
@@ -233,9 +240,8 @@ def certificates(value: Any) -> list[dict[str, str]]:
     return [dict(item) for item in value]
 
 
-certificates.type_name = "list of {cert, key}"  # type: ignore[attr-defined]
 
-
+@labelled("port")
 def port(value: Any) -> int:
     integer(0)(value)
     if value > 65535:
@@ -243,9 +249,8 @@ def port(value: Any) -> int:
     return value
 
 
-port.type_name = "port"  # type: ignore[attr-defined]
 
-
+@labelled("URL or list")
 def driver(value: Any) -> tuple[str, ...] | None:
     """Hipache's ``driver``: one Redis URL, or two (read from the first, write to the last)."""
     if value is None or value == EMBEDDED:
@@ -259,9 +264,8 @@ def driver(value: Any) -> tuple[str, ...] | None:
     return tuple(urls)
 
 
-driver.type_name = "URL or list"  # type: ignore[attr-defined]
 
-
+@labelled("string")
 def header_value(value: Any) -> str:
     """A response header value: visible ASCII and inner spaces, nothing that could end the line."""
     string(value)
@@ -270,9 +274,8 @@ def header_value(value: Any) -> str:
     return value
 
 
-header_value.type_name = "string"  # type: ignore[attr-defined]
 
-
+@labelled("OpenSSL cipher string")
 def cipher_list(value: Any) -> str:
     """An OpenSSL cipher string, checked by OpenSSL itself (what ``set_ciphers`` accepts)."""
     import ssl  # here, not at the top: see gunicorn_conf (gunicorn itself has imported it by then)
@@ -285,9 +288,8 @@ def cipher_list(value: Any) -> str:
     return value
 
 
-cipher_list.type_name = "OpenSSL cipher string"  # type: ignore[attr-defined]
 
-
+@labelled("Node method name")
 def node_protocol(value: Any) -> str:
     """Node's ``secureProtocol``: a method name from its (OpenSSL's) list."""
     from cjs_proxy.lifecycle.tlspolicy import NODE_PROTOCOLS
@@ -300,9 +302,8 @@ def node_protocol(value: Any) -> str:
     return value
 
 
-node_protocol.type_name = "Node method name"  # type: ignore[attr-defined]
 
-
+@labelled("integer (bit mask)")
 def option_mask(value: Any) -> int:
     """Node's ``secureOptions``: OpenSSL's ``SSL_OP_*`` flags OR-ed into one number."""
     integer(0)(value)
@@ -310,8 +311,6 @@ def option_mask(value: Any) -> int:
         raise ValueError(f"{value} is larger than a 64-bit OpenSSL option mask")
     return value
 
-
-option_mask.type_name = "integer (bit mask)"  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------------- registry
@@ -321,14 +320,16 @@ option_mask.type_name = "integer (bit mask)"  # type: ignore[attr-defined]
 class Setting:
     key: str
     default: Any
-    check: Callable[[Any], Any]
+    check: Check
     doc: str
     #: Relative paths in this setting are resolved against the config file's folder.
     is_path: bool = False
+    #: The type shown in the settings table; the check's own name unless given.
+    type_name: str = ""
 
-    @property
-    def type_name(self) -> str:
-        return getattr(self.check, "type_name", "any")
+    def __post_init__(self) -> None:
+        if not self.type_name:
+            object.__setattr__(self, "type_name", self.check.label)
 
 
 SETTINGS: tuple[Setting, ...] = (

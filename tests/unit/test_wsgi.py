@@ -38,7 +38,8 @@ from cjs_proxy.pipeline.http1 import UpstreamBroken
 from cjs_proxy.pipeline.passive_health import Backend
 from cjs_proxy.pipeline.router import Route
 from cjs_proxy.pipeline.store import Frontend
-from cjs_proxy.wsgi import ProxyApp
+from cjs_proxy.pipeline.upstream import RequestBody
+from cjs_proxy.wsgi import ProxyApp, may_retry
 
 HOST = "app.test"
 BACKENDS = ("http://127.0.0.1:9001", "http://127.0.0.1:9002", "http://127.0.0.1:9003")
@@ -361,6 +362,24 @@ def test_may_retry_only_what_no_backend_can_have_acted_on(method: str, error: Ba
     assert start.code == (200 if retried else error.status)
 
 
+@pytest.mark.parametrize(("error", "method", "body_sent", "expected"), [
+    (BackendUnavailable("refused", before_request=True), "POST", None, True),
+    (BackendUnavailable("refused", before_request=True), "POST", 0, True),
+    (BackendUnavailable("refused", before_request=True), "POST", 10, False),
+    (BackendUnavailable("reset"), "GET", None, True),
+    (BackendUnavailable("reset"), "OPTIONS", None, True),
+    (BackendUnavailable("reset"), "GET", 0, False),
+    (BackendUnavailable("reset"), "POST", None, False),
+    (BackendTimeout("slow"), "GET", None, False),
+])
+def test_may_retry(error: BackendUnavailable, method: str, body_sent: int | None, expected: bool) -> None:
+    body = None
+    if body_sent is not None:
+        body = RequestBody(io.BytesIO(b"x" * 20), 20)
+        body.sent = body_sent
+    assert may_retry(error, method, body) is expected
+
+
 # --------------------------------------------------------------- error mapping
 
 
@@ -392,6 +411,14 @@ def test_an_error_carries_its_own_headers() -> None:
     pipeline = Pipeline(limiter=FakeLimiter(limited))
     start, _ = pipeline.request()
     assert (start.code, start.header("Retry-After")) == (429, "3")
+
+
+def test_a_refused_body_is_logged_with_its_client_and_request_id() -> None:
+    pipeline = Pipeline({"server": {"maxRequestBodySize": 2, "trustedProxies": ["192.0.2.0/24"]}})
+    start, _ = pipeline.request("POST", body=b"too long", HTTP_X_FORWARDED_FOR="198.51.100.1",
+                                HTTP_X_REQUEST_ID="req-1")
+    assert start.code == 413 and pipeline.router.resolved == []
+    assert (pipeline.logged.remote_addr, pipeline.logged.request_id) == ("198.51.100.1", "req-1")
 
 
 def test_an_unexpected_exception_is_a_500_and_a_log_line(caplog: pytest.LogCaptureFixture) -> None:

@@ -1,9 +1,12 @@
 """The WSGI application: request -> route -> limit -> forward (or tunnel) -> log, one error handler.
 
 gunicorn imports ``cjs_proxy.wsgi`` in each worker after the fork (and after gevent's
-monkeypatching) and reads ``application``; that attribute is a factory call, so the
-router, upstream pools and log are built once per worker, never at import time.
+monkeypatching) and reads ``application``. Nothing is built at import time: the worker
+class first calls ``build_application`` with the settings its master handed it, which
+builds the router, upstream pools and log once and stores the app as the module's
+``application``; every later read, gunicorn's included, finds that same app.
 """
+
 
 from __future__ import annotations
 
@@ -264,9 +267,8 @@ def may_retry(error: BackendUnavailable, method: str, body: RequestBody | None) 
 # ---------------------------------------------------------------------- factory
 
 
-def create_app(settings: config.Settings | None = None) -> ProxyApp:
+def create_app(settings: config.Settings) -> ProxyApp:
     """Build a worker's proxy: its router, upstream pools, error pages and access log."""
-    settings = settings or config.worker_settings()
     read_url, write_url = config.driver_urls(settings)
     store = RouteStore.from_urls(read_url, write_url, settings["server.redisTimeout"], REDIS_POOL_SIZE)
     cache = RouteCache(InvalidationFeed(read_url, settings["server.redisTimeout"])) \
@@ -282,8 +284,23 @@ def create_app(settings: config.Settings | None = None) -> ProxyApp:
                     AccessLog(settings["server.accessLog"]))
 
 
+def build_application(settings: config.Settings) -> ProxyApp:
+    """This process's ``application``: built on the first call, the same app on every later one.
+
+    Stored as the module attribute gunicorn reads, so however often ``application`` is
+    read, a worker has one router, one set of pools and one access-log descriptor.
+    """
+    built = globals().get("application")
+    if isinstance(built, ProxyApp):
+        return built
+    app = create_app(settings)
+    globals()["application"] = app
+    return app
+
+
 def __getattr__(name: str) -> Any:
-    """``cjs_proxy.wsgi.application``: built on first access, i.e. in each worker."""
+    """``application`` read before the worker class built it (another server, a shell):
+    built once from the config file, since no master handed settings over."""
     if name == "application":
-        return create_app()
+        return build_application(config.load_settings())
     raise AttributeError(name)

@@ -571,3 +571,17 @@ def test_close_releases_the_collaborators() -> None:
     pipeline = Pipeline()
     pipeline.app.close()
     assert pipeline.upstream.closed and pipeline.router.store.closed
+
+
+def test_the_application_is_built_once_however_often_it_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cjs_proxy import wsgi
+
+    monkeypatch.delitem(wsgi.__dict__, "application", raising=False)  # this process's app, if any
+    settings = config.parse_settings({"driver": "redis://127.0.0.1:1", "server": {"accessLog": None}})
+    built = wsgi.build_application(settings)
+    try:
+        assert wsgi.application is built and wsgi.application is wsgi.application
+        assert wsgi.build_application(settings) is built
+    finally:
+        built.close()
+        del wsgi.application

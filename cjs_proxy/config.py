@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
-import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -25,8 +24,6 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 ENV_CONFIG = "CJS_PROXY_CONFIG"
 ENV_FLAVOR = "SETTINGS_FLAVOR"
 ENV_ETC = "CJS_PROXY_ETC"
-#: The settings the gunicorn master validated, handed to its workers (JSON).
-ENV_SETTINGS = "CJS_PROXY_SETTINGS"
 EMBEDDED = "embedded"
 
 
@@ -498,13 +495,6 @@ class Settings(Mapping[str, Any]):
     def __repr__(self) -> str:
         return f"Settings({self.path!r})"
 
-    def to_json(self) -> str:
-        return json.dumps({"path": self.path, "explicit": sorted(self.explicit), "values": self._values})
-
-    @classmethod
-    def from_json(cls, text: str) -> Settings:
-        data = json.loads(text)
-        return cls(data["values"], data["path"], data["explicit"])
 
 
 # -------------------------------------------------------------------------- loading
@@ -545,17 +535,6 @@ def load_settings(path: str | os.PathLike[str] | None = None,
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(path, None, f"invalid YAML: {where}{problem}") from None
     return parse_settings(raw, path)
-
-
-def worker_settings(environ: Mapping[str, str] = os.environ) -> Settings:
-    """The settings a worker runs with: exactly those its master validated.
-
-    The master reads the file (at start and on SIGHUP) and passes the result in
-    ``CJS_PROXY_SETTINGS``; a file edited or broken since then changes nothing until
-    the next reload. Without it (a worker started some other way), the file is read.
-    """
-    text = environ.get(ENV_SETTINGS)
-    return Settings.from_json(text) if text else load_settings(environ=environ)
 
 
 def parse_settings(raw: Any, path: str | os.PathLike[str] = "<config>") -> Settings:

@@ -1,114 +1,64 @@
 """The WSGI application: request -> route -> limit -> forward (or tunnel) -> log, one error handler.
 
 gunicorn imports ``cjs_proxy.wsgi`` in each worker after the fork (and after gevent's
-monkeypatching) and reads ``application``; that attribute is a factory call, so the
-router, upstream pools and log are built once per worker, never at import time.
+monkeypatching) and reads ``application``. Nothing is built at import time: the worker
+class first calls ``build_application`` with the settings its master handed it, which
+builds the router, upstream pools and log once and stores the app as the module's
+``application``; every later read, gunicorn's included, finds that same app.
 """
+
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import re
-import socket
-import ssl
-import struct
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from gunicorn.workers.base_async import ALREADY_HANDLED
 
 from cjs_proxy import config
-from cjs_proxy.exceptions import (
-    BackendTimeout,
-    BackendUnavailable,
-    BadRequest,
-    MethodNotAllowed,
-    NoLiveBackend,
-    PayloadTooLarge,
-    ProxyError,
-    UnsupportedTransferCoding,
-)
-from cjs_proxy.pipeline.accesslog import AccessEntry, AccessLog
-from cjs_proxy.pipeline.error_pages import ErrorPages, reason_phrase
-from cjs_proxy.pipeline.headers import (
-    client_address,
-    downstream_response_headers,
-    escape_header_value,
-    is_trusted,
-    new_request_id,
-    parse_networks,
-    upstream_request_headers,
-)
-from cjs_proxy.pipeline.http1 import ResponseHead
+from cjs_proxy.exceptions import BackendTimeout, BackendUnavailable, NoLiveBackend, ProxyError
+from cjs_proxy.pipeline.accesslog import AccessLog
+from cjs_proxy.pipeline.debug_headers import debug_headers, error_debug_headers, wants_debug
+from cjs_proxy.pipeline.error_pages import ErrorPages
+from cjs_proxy.pipeline.exchange import Exchange, access_entry
+from cjs_proxy.pipeline.headers import client_address, downstream_response_headers, parse_networks
 from cjs_proxy.pipeline.passive_health import Backend, BackendHealth
 from cjs_proxy.pipeline.ratelimit import RateLimiter
+from cjs_proxy.pipeline.redirect import https_redirect, https_redirect_port
+from cjs_proxy.pipeline.relay import StreamedBody, early_hints_relay, status_line
+from cjs_proxy.pipeline.request import (
+    ClientRequest,
+    refuse_connect,
+    request_body,
+    request_id,
+    request_scheme,
+    target_and_host,
+    trusted_peer,
+)
 from cjs_proxy.pipeline.router import Route, RouteCache, Router, normalize_host
 from cjs_proxy.pipeline.store import InvalidationFeed, RouteStore
-from cjs_proxy.pipeline.upstream import RequestBody, Upstream, UpstreamBroken, UpstreamResponse, make_session
-from cjs_proxy.pipeline.websocket import WEBSOCKET, Tunnel, is_upgrade
+from cjs_proxy.pipeline.upstream import RequestBody, Upstream, UpstreamResponse, make_session
+from cjs_proxy.pipeline.websocket import is_upgrade, open_tunnel, run_tunnel
 
 log = logging.getLogger("cjs_proxy")
 
 StartResponse = Callable[..., Any]
-T = TypeVar("T")
+Headers = list[tuple[str, str]]
+#: One way of sending a request to a backend: forwarding it, or opening a tunnel.
+SendStep = Callable[[ClientRequest, Backend, Headers], UpstreamResponse]
 #: Hipache's liveness host: answered by the proxy itself, never routed.
 PING_HOST = "__ping__"
 #: Redis connections per worker; requests beyond it wait for one (``server.redisTimeout``).
 REDIS_POOL_SIZE = 64
-#: What a forwarded ``X-Request-ID`` may look like (it is logged unquoted).
-REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 #: Methods a backend may see twice without harm (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
-class Exchange:
-    """What the log needs to know about one request, filled in as it goes."""
-
-    __slots__ = (
-        "backend",
-        "bytes_sent",
-        "client_ip",
-        "environ",
-        "extra",
-        "host_header",
-        "request_id",
-        "retries",
-        "route",
-        "routed_host",
-        "started",
-        "status",
-        "target",
-        "upstream_started",
-        "upstream_time",
-        "wall_started",
-    )
-
-    def __init__(self, environ: dict[str, Any]) -> None:
-        self.environ = environ
-        self.started = time.perf_counter()
-        self.wall_started = time.time()
-        self.client_ip = environ.get("REMOTE_ADDR") or "-"
-        self.request_id = "-"
-        self.route: Route | None = None
-        #: What the backend is sent: the target as written (origin form) and the Host.
-        self.target = "/"
-        self.host_header = ""
-        self.routed_host = ""
-        self.backend: Backend | None = None
-        self.upstream_started: float | None = None
-        self.upstream_time: float | None = None
-        self.status = 0
-        self.bytes_sent = 0
-        self.retries = 0
-        self.extra = ""
-
-
 class ProxyApp:
-    """The proxy as a WSGI callable; collaborators are passed in, so tests can swap them."""
+    """The proxy as a WSGI callable; collaborators are passed in, so tests can swap them
+    (``tests/unit/test_wsgi.py`` builds it with fakes)."""
 
     def __init__(self, settings: config.Settings, router: Router, limiter: RateLimiter,
                  health: BackendHealth, upstream: Upstream, pages: ErrorPages, access_log: AccessLog) -> None:
@@ -125,12 +75,12 @@ class ProxyApp:
         self.retries = settings["server.retryOnError"]
         self.ws_idle_timeout = settings["websocket.idleTimeout"]
         self.ws_max_duration = settings["websocket.maxDuration"]
-        https = config.https_listeners(settings)
-        self.https_port = https[0]["port"] if https and settings["https.redirectHttp"] else None
+        self.https_port = https_redirect_port(settings)
 
     # ------------------------------------------------------------------ pipeline
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """One request; any failure becomes an answer here, and only here."""
         exchange = Exchange(environ)
         try:
             return self._proxy(exchange, start_response)
@@ -142,168 +92,137 @@ class ProxyApp:
             return self._answer_error(exchange, start_response, ProxyError(f"{type(exc).__name__}: {exc}"))
 
     def _proxy(self, exchange: Exchange, start_response: StartResponse) -> Iterable[bytes]:
+        """request -> route -> limit -> forward (or tunnel) -> log (when the body is done)."""
         environ = exchange.environ
-        if environ["REQUEST_METHOD"] == "CONNECT":
-            raise MethodNotAllowed("CONNECT: this is a reverse proxy, not a tunnel")
+        refuse_connect(environ)
         target, host_header = target_and_host(environ)
         host = normalize_host(host_header)
-        exchange.target, exchange.host_header, exchange.routed_host = target, host_header or host, host
         if host == PING_HOST:
-            return self._answer(exchange, start_response, "200 OK", b"ok")
+            return self._answer_ping(exchange, start_response)
         if self.https_port is not None and request_scheme(environ) == "http":
-            return self._redirect_to_https(exchange, start_response, host)
-        exchange.client_ip = client_address(environ, self.trusted)
-        exchange.request_id = self._request_id(environ)
-        body = self._request_body(environ)
-        exchange.route = self.router.resolve(host, self.limiter.script_args(exchange.client_ip))
-        limit_headers = self.limiter.check(exchange.route, exchange.client_ip)
+            return self._answer_redirect(exchange, start_response, https_redirect(host, self.https_port, target))
+        request = self._read_request(exchange, target, host_header or host, host)
+        route = exchange.route = self.router.resolve(host, self.limiter.script_args(request.client_ip))
+        limit_headers = self.limiter.check(route, request.client_ip)
         if is_upgrade(environ) and "gunicorn.socket" in environ:
-            return self._tunnel(exchange, host, start_response, limit_headers)
-        response = self._with_retries(exchange, host, body, lambda: self._forward(exchange, body))
-        self._check_answer(exchange, response.status, response.headers)
+            return self._tunnel(exchange, request, route, start_response, limit_headers)
+        response = self._send_with_retries(exchange, request, route, self._forward)
         return self._relay(exchange, response, start_response, limit_headers)
 
-    def _check_answer(self, exchange: Exchange, status: int, headers: list[tuple[str, str]]) -> None:
-        assert exchange.route is not None and exchange.backend is not None
-        self.health.check_answer(exchange.route, exchange.backend, status, headers)
+    def _read_request(self, exchange: Exchange, target: str, host_header: str, host: str) -> ClientRequest:
+        """The client, its request id and its body (refused here when too large or oddly coded)."""
+        environ = exchange.environ
+        exchange.client_ip = client_address(environ, self.trusted)
+        exchange.request_id = request_id(environ, self.trusted)
+        body = request_body(environ, self.max_body)
+        return ClientRequest(environ, environ["REQUEST_METHOD"], target, host_header, host,
+                             exchange.client_ip, exchange.request_id, trusted_peer(environ, self.trusted), body)
 
-    def _with_retries(self, exchange: Exchange, host: str, body: RequestBody | None,
-                      attempt: Callable[[], T]) -> T:
-        """Run ``attempt`` on a backend; on a connection failure count it against it and try another.
+    def _send_with_retries(self, exchange: Exchange, request: ClientRequest, route: Route,
+                           send: SendStep) -> UpstreamResponse:
+        """``send`` the request to a backend; on a connection failure count it against it and try another.
 
         The route is read again before each retry, so the new dead mark (and any
         change an operator made) is seen. A request is retried only while no backend
-        can have acted on it: the connection failed before anything was sent, or the
-        method is idempotent and has no body.
+        can have acted on it (``may_retry``). The answer that comes back is reported to
+        passive health whatever its status.
         """
         tried: list[str] = []
         last_error: BackendUnavailable | None = None
         while True:
-            assert exchange.route is not None
+            backend = exchange.backend = self._choose_backend(route, tried, last_error)
             try:
-                exchange.backend = self.health.choose(exchange.route, tried)
-            except NoLiveBackend:
-                if last_error is None:
-                    raise
-                raise last_error from None
-            try:
-                return attempt()
+                response = self._timed_attempt(exchange, send, request, backend)
             except BackendUnavailable as exc:
-                self.health.record_failure(exchange.route, exchange.backend, exc.detail)
-                tried.append(exchange.backend.url)
+                self.health.record_failure(route, backend, exc.detail)
+                tried.append(backend.url)
                 last_error = exc
-                if exchange.retries >= self.retries or not may_retry(exc, exchange, body):
+                retries_done = len(tried) - 1
+                if retries_done >= self.retries or not may_retry(exc, request.method, request.body):
                     raise
-                exchange.retries += 1
                 log.info("%s: retrying on another backend (%d/%d) after: %s",
-                         host, exchange.retries, self.retries, exc.detail)
-                exchange.route = self.router.resolve(host)
+                         request.host, retries_done + 1, self.retries, exc.detail)
+                route = exchange.route = self.router.resolve(request.host)
+                continue
+            self.health.check_answer(route, backend, response.status, response.headers)
+            return response
 
-    def _tunnel(self, exchange: Exchange, host: str, start_response: StartResponse,
-                limit_headers: list[tuple[str, str]]) -> Any:
-        """A WebSocket upgrade: relay the handshake, then hand both sockets to a ``Tunnel``."""
-        environ = exchange.environ
-        response = self._with_retries(exchange, host, None, lambda: self._open_tunnel(exchange))
-        self._check_answer(exchange, response.status, response.headers)
+    def _choose_backend(self, route: Route, tried: list[str], last_error: BackendUnavailable | None) -> Backend:
+        """A live backend not tried yet; when none is left after a failure, that failure is the answer."""
+        try:
+            return self.health.choose(route, tried)
+        except NoLiveBackend:
+            if last_error is None:
+                raise
+            raise last_error from None
+
+    def _timed_attempt(self, exchange: Exchange, send: SendStep, request: ClientRequest,
+                       backend: Backend) -> UpstreamResponse:
+        """One try on one backend; the time to its answer's head is recorded for the log."""
+        headers = request.upstream_headers()
+        started = time.perf_counter()
+        try:
+            return send(request, backend, headers)
+        finally:
+            exchange.upstream_time = time.perf_counter() - started
+
+    def _forward(self, request: ClientRequest, backend: Backend, headers: Headers) -> UpstreamResponse:
+        """The forward step: the request and its body to a pooled connection, up to the answer's head."""
+        return self.upstream.send(backend.url, request.method, request.target, headers, request.body,
+                                  early_hints_relay(request.environ))
+
+    def _open_tunnel(self, request: ClientRequest, backend: Backend, headers: Headers) -> UpstreamResponse:
+        """The tunnel's first step: the upgrade request, on a connection of its own."""
+        return open_tunnel(self.upstream, backend.url, request.method, request.target, headers)
+
+    def _tunnel(self, exchange: Exchange, request: ClientRequest, route: Route, start_response: StartResponse,
+                limit_headers: Headers) -> Any:
+        """A WebSocket upgrade: a ``101`` turns the connection into a tunnel, logged once it ends."""
+        response = self._send_with_retries(exchange, request, route, self._open_tunnel)
         if response.status != 101:  # refused: an ordinary response, relayed as such
             return self._relay(exchange, response, start_response, limit_headers)
         exchange.status = 101
-        backend_sock, early_bytes = response.detach()
-        client = environ["gunicorn.socket"]
-        try:
-            client.sendall(response.head.raw)  # the backend's handshake answer, verbatim
-            stats = Tunnel(client, backend_sock, self.ws_idle_timeout, self.ws_max_duration).run(early_bytes)
-        except OSError as exc:
-            log.info("%s: websocket client went away during the handshake: %s", host, exc)
-            backend_sock.close()
-            exchange.extra = "ws=0/0 aborted"
-        else:
-            exchange.bytes_sent = stats.backend_to_client
-            exchange.extra = (f"ws={stats.client_to_backend}/{stats.backend_to_client} "
-                              f"{stats.duration:.3f}s{' ' + stats.ended_by if stats.ended_by else ''}")
-        self.log_exchange(exchange)
+        outcome = run_tunnel(response, request.environ["gunicorn.socket"], self.ws_idle_timeout,
+                             self.ws_max_duration, request.host)
+        exchange.bytes_sent, exchange.extra = outcome.bytes_sent, outcome.log_field
+        self.end_of_request(exchange)
         return ALREADY_HANDLED
 
-    def _open_tunnel(self, exchange: Exchange) -> UpstreamResponse:
-        assert exchange.backend is not None
-        headers = self._upstream_headers(exchange)
-        headers += [("Connection", "Upgrade"), ("Upgrade", WEBSOCKET)]
-        exchange.upstream_started = time.perf_counter()
-        try:
-            return self.upstream.open_upgrade(exchange.backend.url, exchange.environ["REQUEST_METHOD"],
-                                              exchange.target, headers, WEBSOCKET)
-        finally:
-            exchange.upstream_time = time.perf_counter() - exchange.upstream_started
-
-    def _request_id(self, environ: dict[str, Any]) -> str:
-        """A client's ``X-Request-ID`` is kept only from a trusted proxy."""
-        given = environ.get("HTTP_X_REQUEST_ID")
-        if given and REQUEST_ID.fullmatch(given) and self.trusted \
-                and is_trusted(environ.get("REMOTE_ADDR", ""), self.trusted):
-            return given
-        return new_request_id()
-
-    def _request_body(self, environ: dict[str, Any]) -> RequestBody | None:
-        coding = environ.get("HTTP_TRANSFER_ENCODING")
-        if coding is not None:
-            if [t.strip() for t in coding.lower().split(",")] != ["chunked"]:
-                raise UnsupportedTransferCoding(f"request Transfer-Encoding {coding!r}")
-            return RequestBody(environ["wsgi.input"], None, self.max_body)
-        length = content_length(environ)
-        if self.max_body is not None and length > self.max_body:
-            raise PayloadTooLarge(f"declared body of {length} bytes exceeds {self.max_body}")
-        return RequestBody(environ["wsgi.input"], length) if length else None
-
-    def _upstream_headers(self, exchange: Exchange) -> list[tuple[str, str]]:
-        environ = exchange.environ
-        return upstream_request_headers(
-            environ, host=exchange.host_header, routed_host=exchange.routed_host, client_ip=exchange.client_ip,
-            proto=request_scheme(environ), port=environ.get("SERVER_PORT", ""), request_id=exchange.request_id,
-            trusted_peer=bool(self.trusted) and is_trusted(environ.get("REMOTE_ADDR", ""), self.trusted))
-
-    def _forward(self, exchange: Exchange, body: RequestBody | None) -> UpstreamResponse:
-        environ = exchange.environ
-        assert exchange.backend is not None
-        headers = self._upstream_headers(exchange)
-        exchange.upstream_started = time.perf_counter()
-        try:
-            return self.upstream.send(exchange.backend.url, environ["REQUEST_METHOD"], exchange.target,
-                                      headers, body, early_hints_relay(environ))
-        finally:
-            exchange.upstream_time = time.perf_counter() - exchange.upstream_started
-
     def _relay(self, exchange: Exchange, response: UpstreamResponse, start_response: StartResponse,
-               extra_headers: list[tuple[str, str]]) -> Iterable[bytes]:
+               extra_headers: Headers) -> Iterable[bytes]:
+        """The backend's head now; its body as the server pulls it, the request ending with it."""
         headers = downstream_response_headers(response.headers)
         headers.extend(extra_headers)
-        if self._wants_debug(exchange):
-            headers.extend(self._debug_headers(exchange))
+        if wants_debug(self.debug, exchange.environ):
+            headers.extend(debug_headers(exchange))
         exchange.status = response.status
         try:
             start_response(status_line(response.status, response.reason), headers)
         except Exception:
             response.close()
             raise
-        return RelayedBody(self, exchange, response.iter_body(), response.close)
+        return StreamedBody(exchange, response.iter_body(), response.close, self.end_of_request)
+
+    def end_of_request(self, exchange: Exchange) -> None:
+        """Where every logged request ends, once its answer is out: one access-log line."""
+        self.access_log.write(access_entry(exchange))
 
     # ---------------------------------------------------------------- answers
 
-    def _answer(self, exchange: Exchange, start_response: StartResponse, status: str,
-                body: bytes, content_type: str = "text/plain") -> list[bytes]:
-        start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))])
-        exchange.status = int(status[:3])
-        exchange.bytes_sent = len(body)
+    def _answer_ping(self, exchange: Exchange, start_response: StartResponse) -> list[bytes]:
+        """``Host: __ping__``, a load balancer's liveness check: no Redis, no backend, no log line."""
+        body = b"ok"
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        exchange.answered(200, len(body))
         return [body]
 
-    def _redirect_to_https(self, exchange: Exchange, start_response: StartResponse, host: str) -> list[bytes]:
-        """``https.redirectHttp``: the same URL over HTTPS, permanently."""
-        port = "" if self.https_port == 443 else f":{self.https_port}"
-        location = f"https://{host}{port}{exchange.target}"
-        body = f"Moved to {location}\n".encode()
-        start_response("301 Moved Permanently", [("Location", location), ("Content-Type", "text/plain"),
-                                                 ("Content-Length", str(len(body)))])
-        exchange.status, exchange.bytes_sent = 301, len(body)
-        self.log_exchange(exchange)
+    def _answer_redirect(self, exchange: Exchange, start_response: StartResponse,
+                         redirect: tuple[str, Headers, bytes]) -> list[bytes]:
+        """``https.redirectHttp``: the same URL over HTTPS, before any routing (and logged)."""
+        status, headers, body = redirect
+        start_response(status, headers)
+        exchange.answered(int(status[:3]), len(body))
+        self.end_of_request(exchange)
         return [body]
 
     def _answer_error(self, exchange: Exchange, start_response: StartResponse,
@@ -314,57 +233,14 @@ class ProxyApp:
                         exchange.environ.get("HTTP_HOST"), error.detail)
         status, headers, body = self.pages.response(error.status, error.detail)
         headers.extend(error.headers)
-        if self._wants_debug(exchange):
-            headers.append(("x-debug-error", escape_header_value(error.detail)))
-            if exchange.route is not None:
-                headers.extend(self._debug_headers(exchange))
-        exchange.status = error.status
-        exchange.bytes_sent = len(body)
+        if wants_debug(self.debug, exchange.environ):
+            headers.extend(error_debug_headers(exchange, error.detail))
+        exchange.answered(error.status, len(body))
         start_response(status, headers)
-        self.log_exchange(exchange)
+        self.end_of_request(exchange)
         return [body]
 
-    def _wants_debug(self, exchange: Exchange) -> bool:
-        return self.debug and "HTTP_X_DEBUG" in exchange.environ
-
-    def _debug_headers(self, exchange: Exchange) -> list[tuple[str, str]]:
-        """Hipache's ``x-debug-*`` headers (times in milliseconds)."""
-        headers = []
-        if exchange.route is not None:
-            headers += [("x-debug-vhost", escape_header_value(exchange.route.identifier)),
-                        ("x-debug-frontend-key", exchange.route.frontend.key)]
-        if exchange.backend is not None:
-            headers += [("x-debug-backend-url", escape_header_value(exchange.backend.url)),
-                        ("x-debug-backend-id", str(exchange.backend.id))]
-        now = time.perf_counter()
-        headers.append(("x-debug-time-total", f"{(now - exchange.started) * 1000:.3f}"))
-        headers.append(("x-debug-worker", str(os.getpid())))  # which worker answered
-        if exchange.upstream_time is not None:
-            headers.append(("x-debug-time-backend", f"{exchange.upstream_time * 1000:.3f}"))
-        return headers
-
-    # -------------------------------------------------------------------- logging
-
-    def log_exchange(self, exchange: Exchange) -> None:
-        environ = exchange.environ
-        route, backend = exchange.route, exchange.backend
-        self.access_log.write(AccessEntry(
-            remote_addr=exchange.client_ip,
-            method=environ.get("REQUEST_METHOD", "-"),
-            uri=environ.get("RAW_URI", "-"),
-            protocol=environ.get("SERVER_PROTOCOL", "-"),
-            status=exchange.status,
-            bytes_sent=exchange.bytes_sent,
-            referer=environ.get("HTTP_REFERER", "-"),
-            user_agent=environ.get("HTTP_USER_AGENT", "-"),
-            vhost=route.identifier if route else "-",
-            upstream=upstream_address(backend.url) if backend else "-",
-            request_time=time.perf_counter() - exchange.started,
-            upstream_time=exchange.upstream_time,
-            request_id=exchange.request_id,
-            started=exchange.wall_started,
-            extra=exchange.extra,
-        ))
+    # ------------------------------------------------------------------- worker
 
     def reopen_logs(self) -> None:
         self.access_log.reopen()
@@ -375,128 +251,24 @@ class ProxyApp:
         self.access_log.close()
 
 
-class RelayedBody:
-    """The backend's body on its way to the client; logs the exchange when done.
+def may_retry(error: BackendUnavailable, method: str, body: RequestBody | None) -> bool:
+    """True while no backend can have acted on the request, so another one may be asked.
 
-    If the backend breaks mid-body, the client connection is reset (RST) rather than
-    ended cleanly, so no client can take a truncated body for a complete one.
+    Nothing was sent (connection refused): any method, as long as no body byte was
+    consumed (it could not be sent again). The request may have arrived: only an
+    idempotent method without a body, and never after a timeout (the backend may
+    still be working on it).
     """
-
-    def __init__(self, app: ProxyApp, exchange: Exchange, body: Iterator[bytes],
-                 release: Callable[[], None]) -> None:
-        self.app = app
-        self.exchange = exchange
-        self.body = body
-        self.release = release
-
-    def __iter__(self) -> Iterator[bytes]:
-        exchange = self.exchange
-        try:
-            for chunk in self.body:
-                exchange.bytes_sent += len(chunk)
-                yield chunk
-        except (UpstreamBroken, BackendUnavailable) as exc:
-            log.warning("resetting client connection: %s", exc)
-            reset_client(exchange.environ)
-            # An OSError tells gunicorn the connection is gone: it writes nothing more.
-            raise ConnectionResetError(errno.ECONNRESET, f"backend broke mid-body: {exc}") from exc
-
-    def close(self) -> None:
-        try:
-            self.release()
-        finally:
-            self.app.log_exchange(self.exchange)
-
-
-# ------------------------------------------------------------------------ helpers
-
-
-def may_retry(error: BackendUnavailable, exchange: Exchange, body: RequestBody | None) -> bool:
     if error.before_request:
         return body is None or body.sent == 0
-    idempotent = exchange.environ.get("REQUEST_METHOD") in IDEMPOTENT
-    return idempotent and body is None and not isinstance(error, BackendTimeout)
-
-
-def request_scheme(environ: dict[str, Any]) -> str:
-    """``https`` when the client connection is TLS (per listener, not gunicorn's global flag)."""
-    return "https" if isinstance(environ.get("gunicorn.socket"), ssl.SSLSocket) else "http"
-
-
-def target_and_host(environ: dict[str, Any]) -> tuple[str, str | None]:
-    """The origin-form target to send upstream, exactly as written, and the Host to route on.
-
-    An absolute-form target's authority replaces ``Host`` (RFC 9112 3.2.2), and the
-    backend is sent its path and query; a scheme other than http/https is refused.
-    """
-    raw_uri = environ.get("RAW_URI") or "/"
-    if raw_uri[0] == "/" or raw_uri == "*":
-        return raw_uri, environ.get("HTTP_HOST")
-    scheme, sep, _ = raw_uri.partition("://")
-    if not sep or scheme.lower() not in ("http", "https"):
-        raise BadRequest(f"request target {raw_uri[:100]!r}: only origin form and http(s) absolute form")
-    parts = urlsplit(raw_uri)
-    if not parts.netloc or "@" in parts.netloc:
-        raise BadRequest(f"request target {raw_uri[:100]!r}: no usable authority")
-    return (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), parts.netloc
-
-
-def early_hints_relay(environ: dict[str, Any]) -> Any:
-    """Relays a backend's ``103 Early Hints`` (its ``Link`` headers) through gunicorn's early hints.
-
-    Other informational answers (100, 102) are the backend's business and are dropped.
-    """
-    send = environ.get("wsgi.early_hints")
-    if send is None:
-        return None
-
-    def relay(head: ResponseHead) -> None:
-        links = [("Link", value) for name, value in head.headers if name.lower() == "link"]
-        if head.status == 103 and links:
-            send(links)
-
-    return relay
-
-
-def content_length(environ: dict[str, Any]) -> int:
-    value = environ.get("CONTENT_LENGTH")
-    if not value:
-        return 0
-    if not value.isdigit():
-        raise BadRequest(f"invalid Content-Length {value!r}")
-    return int(value)
-
-
-def status_line(status: int, reason: str) -> str:
-    if not reason or not reason.isprintable():
-        reason = reason_phrase(status)
-    return f"{status} {reason}"
-
-
-def upstream_address(url: str) -> str:
-    parts = urlsplit(url)
-    return parts.netloc or url
-
-
-def reset_client(environ: dict[str, Any]) -> None:
-    """Close the client connection with an RST (``SO_LINGER`` 0): a FIN would let a client
-    that does not check lengths take a truncated body for a complete one."""
-    sock = environ.get("gunicorn.socket")
-    if sock is None:
-        return
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass  # already gone: nothing left to reset
-    sock.close()
+    return method in IDEMPOTENT and body is None and not isinstance(error, BackendTimeout)
 
 
 # ---------------------------------------------------------------------- factory
 
 
-def create_app(settings: config.Settings | None = None) -> ProxyApp:
+def create_app(settings: config.Settings) -> ProxyApp:
     """Build a worker's proxy: its router, upstream pools, error pages and access log."""
-    settings = settings or config.worker_settings()
     read_url, write_url = config.driver_urls(settings)
     store = RouteStore.from_urls(read_url, write_url, settings["server.redisTimeout"], REDIS_POOL_SIZE)
     cache = RouteCache(InvalidationFeed(read_url, settings["server.redisTimeout"])) \
@@ -512,8 +284,23 @@ def create_app(settings: config.Settings | None = None) -> ProxyApp:
                     AccessLog(settings["server.accessLog"]))
 
 
+def build_application(settings: config.Settings) -> ProxyApp:
+    """This process's ``application``: built on the first call, the same app on every later one.
+
+    Stored as the module attribute gunicorn reads, so however often ``application`` is
+    read, a worker has one router, one set of pools and one access-log descriptor.
+    """
+    built = globals().get("application")
+    if isinstance(built, ProxyApp):
+        return built
+    app = create_app(settings)
+    globals()["application"] = app
+    return app
+
+
 def __getattr__(name: str) -> Any:
-    """``cjs_proxy.wsgi.application``: built on first access, i.e. in each worker."""
+    """``application`` read before the worker class built it (another server, a shell):
+    built once from the config file, since no master handed settings over."""
     if name == "application":
-        return create_app()
+        return build_application(config.load_settings())
     raise AttributeError(name)

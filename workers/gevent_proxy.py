@@ -22,7 +22,7 @@ import logging
 import socket
 import ssl
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 from gunicorn import util
@@ -33,6 +33,9 @@ from cjs_proxy import config
 from cjs_proxy.lifecycle import handover, privileges
 from cjs_proxy.lifecycle.watchdog import MemoryWatchdog
 from cjs_proxy.pipeline.error_pages import ErrorPages
+
+if TYPE_CHECKING:  # imported for real only in load_wsgi: after gevent's monkeypatching
+    from cjs_proxy.wsgi import ProxyApp
 
 #: Seconds a client has to complete the TLS handshake.
 HANDSHAKE_TIMEOUT = 10.0
@@ -137,8 +140,22 @@ class ContinueOnRead:
 
 
 class ProxyWorker(GeventWorker):
-    """gunicorn's ``gevent`` worker; the application is built by ``cjs_proxy.wsgi``."""
+    """gunicorn's ``gevent`` worker; the application is built by ``cjs_proxy.wsgi``.
 
+    Its settings come from the master through gunicorn's own objects: the ``post_fork``
+    hook of the configuration it was spawned with (``cjs_proxy.lifecycle.gunicorn_conf``,
+    ``MasterHooks``) sets ``settings`` right after the fork, before ``init_process``.
+    That hook is bound to the settings the master validated; gunicorn swaps hooks with
+    its configuration on a reload, so a worker always runs with the settings of the
+    configuration that spawned it, and they never pass through an environment that the
+    master's other children (the embedded redis-server) would inherit. A worker whose
+    master was configured some other way reads the config file itself.
+    """
+
+    #: The master's validated settings, handed over by the ``post_fork`` hook.
+    settings: config.Settings | None = None
+    #: The app this worker serves, once built (``load_wsgi``).
+    proxy_app: ProxyApp | None = None
     tls_by_listener: dict[Any, ssl.SSLContext] = {}
     #: ``server.maxRequestsPerConnection`` (0: unbounded), read when the worker starts serving.
     requests_per_connection = 0
@@ -156,9 +173,18 @@ class ProxyWorker(GeventWorker):
         self.retire_after, self.max_requests = self.max_requests, sys.maxsize
 
     def init_process(self) -> None:
+        if self.settings is None:  # no post_fork hook of ours: not started by etc/gunicorn.py
+            self.settings = config.load_settings()
         privileges.drop(self.cfg.uid, self.cfg.gid)  # completely: gunicorn keeps root's groups
         self._share_error_log()
         super().init_process()
+
+    @property
+    def proxy_settings(self) -> config.Settings:
+        """The settings, once ``init_process`` made sure there are some."""
+        if self.settings is None:
+            raise RuntimeError("worker settings read before init_process")
+        return self.settings
 
     def _share_error_log(self) -> None:
         """The proxy's own messages go where gunicorn's go (its error log, level and format)."""
@@ -169,7 +195,7 @@ class ProxyWorker(GeventWorker):
 
     def run(self) -> None:
         """Start the memory watchdog, then serve (gunicorn's loop); say when accepting."""
-        settings = getattr(self.wsgi, "settings", None) or config.worker_settings()
+        settings = self.proxy_settings
         self.requests_per_connection = settings["server.maxRequestsPerConnection"]
         if settings["server.maxMemoryMB"] is not None:
             gevent.spawn(MemoryWatchdog(settings["server.maxMemoryMB"], settings["server.memoryCheckInterval"],
@@ -224,11 +250,17 @@ class ProxyWorker(GeventWorker):
     def load_wsgi(self) -> None:
         """Build the app, then the TLS contexts of the HTTPS listeners (once per worker).
 
-        The ``Server`` name is gunicorn's module constant, which each ``Response`` copies
-        when it is created: replacing it once here renames every response of the worker.
+        The app is built from this worker's settings (``build_application``) before
+        gunicorn imports ``cjs_proxy.wsgi`` and reads its ``application``, which is then
+        that same app. The ``Server`` name is gunicorn's module constant, which each
+        ``Response`` copies when it is created: replacing it once here renames every
+        response of the worker.
         """
+        from cjs_proxy.wsgi import build_application
+
+        settings = self.proxy_settings
+        self.proxy_app = build_application(settings)
         super().load_wsgi()
-        settings = getattr(self.wsgi, "settings", None) or config.worker_settings()
         self.server_header = settings["server.serverHeader"]
         gunicorn_wsgi.SERVER = self.server_header
         self.error_pages = ErrorPages(settings["server.staticDir"])
@@ -274,7 +306,6 @@ class ProxyWorker(GeventWorker):
     def handle_usr1(self, sig: int, frame: Any) -> None:
         """SIGUSR1: gunicorn reopens its logs; the proxy reopens its access log too."""
         super().handle_usr1(sig, frame)
-        # A worker still loading the app has no ``wsgi`` yet (the app opens the new file).
-        reopen = getattr(getattr(self, "wsgi", None), "reopen_logs", None)
-        if reopen is not None:
-            gevent.spawn(reopen)
+        # A worker still loading the app has none yet (the app opens the new file).
+        if self.proxy_app is not None:
+            gevent.spawn(self.proxy_app.reopen_logs)

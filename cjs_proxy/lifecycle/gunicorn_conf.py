@@ -2,6 +2,19 @@
 
 Imports nothing heavy: the master must not import requests, redis or ssl before the
 workers monkeypatch them with gevent.
+
+How the validated settings reach the workers: through gunicorn's own hooks, in memory.
+gunicorn's ``Config`` has no room for an application's values (a config file's unknown
+names are ignored; a ``Setting`` subclass registers only for ``Config`` objects made
+after it), and ``raw_env`` goes through ``os.environ``, which every child of the master
+inherits: the embedded redis-server would be handed every setting, a TLS passphrase
+among them. Hooks, though, are ``Config`` values like any other: the ones below are
+methods of a ``MasterHooks`` bound to the ``Settings`` validated with them. gunicorn
+keeps them per configuration (a reload that is accepted brings new hooks with the new
+settings, a refused one keeps the running ones) and calls ``post_fork`` in each new
+worker right after the fork, with the worker object, before the worker loads the app.
+There the settings are handed to the worker (``ProxyWorker.settings``): a copy of the
+master's memory, never written to an environment.
 """
 
 from __future__ import annotations
@@ -68,12 +81,8 @@ def _values_from_file(environ: dict[str, str]) -> dict[str, Any]:
         "loglevel": "info",
         "control_socket_disable": True,
         "forwarded_allow_ips": "",  # scheme and client come from the listener, not headers
-        "raw_env": [f"{config.ENV_CONFIG}={settings.path}", f"{config.ENV_SETTINGS}={settings.to_json()}"],
-        "on_starting": on_starting,
-        "post_fork": post_fork,
-        "child_exit": child_exit,
-        "on_reload": on_reload,
-        "on_exit": on_exit,
+        "raw_env": [f"{config.ENV_CONFIG}={settings.path}"],  # a path, no secret: every child may see it
+        **MasterHooks(settings).gunicorn_hooks(),
     }
     if os.geteuid() == 0:
         try:
@@ -83,35 +92,43 @@ def _values_from_file(environ: dict[str, str]) -> dict[str, Any]:
     return values
 
 
-def on_starting(server: Any) -> None:
-    """Open the workers' handover channel; start the embedded redis-server if no driver is configured."""
-    handover.start(server)
-    settings = config.worker_settings()
-    if settings["driver"] is not None:
-        return
-    try:
-        embedded = EmbeddedRedis(settings["embedded.dataDir"], find_redis_server(settings["embedded.redisServer"]))
-        embedded.start()
-    except EmbeddedRedisError as exc:
-        server.log.error("cjs-proxy: cannot start the embedded store: %s", exc)
-        raise SystemExit(3) from None
-    server.log.info("embedded redis on unix://%s (data in %s)", embedded.socket_path, embedded.data_dir)
-    server.cjs_embedded_redis = embedded  # on the arbiter: survives config reloads
+class MasterHooks:
+    """gunicorn's server hooks, bound to the settings validated from the same config file."""
 
+    def __init__(self, settings: config.Settings) -> None:
+        self.settings = settings
 
-def post_fork(server: Any, worker: Any) -> None:
-    handover.close_master_end()
+    def gunicorn_hooks(self) -> dict[str, Any]:
+        return {"on_starting": self.on_starting, "post_fork": self.post_fork, "child_exit": self.child_exit,
+                "on_reload": self.on_reload, "on_exit": self.on_exit}
 
+    def on_starting(self, server: Any) -> None:
+        """Open the workers' handover channel; start the embedded redis-server if no driver is configured."""
+        handover.start(server)
+        if self.settings["driver"] is not None:
+            return
+        try:
+            embedded = EmbeddedRedis(self.settings["embedded.dataDir"],
+                                     find_redis_server(self.settings["embedded.redisServer"]))
+            embedded.start()
+        except EmbeddedRedisError as exc:
+            server.log.error("cjs-proxy: cannot start the embedded store: %s", exc)
+            raise SystemExit(3) from None
+        server.log.info("embedded redis on unix://%s (data in %s)", embedded.socket_path, embedded.data_dir)
+        server.cjs_embedded_redis = embedded  # on the arbiter: survives config reloads
 
-def child_exit(server: Any, worker: Any) -> None:
-    handover.worker_exited(worker.pid)
+    def post_fork(self, server: Any, worker: Any) -> None:
+        """In the new worker, before it loads the app: its end of the handover pipe, and its settings."""
+        handover.close_master_end()
+        worker.settings = self.settings
 
+    def child_exit(self, server: Any, worker: Any) -> None:
+        handover.worker_exited(worker.pid)
 
-def on_reload(server: Any) -> None:
-    handover.forget_pending()
+    def on_reload(self, server: Any) -> None:
+        handover.forget_pending()
 
-
-def on_exit(server: Any) -> None:
-    embedded = getattr(server, "cjs_embedded_redis", None)
-    if embedded is not None:
-        embedded.stop()
+    def on_exit(self, server: Any) -> None:
+        embedded = getattr(server, "cjs_embedded_redis", None)
+        if embedded is not None:
+            embedded.stop()

@@ -133,16 +133,21 @@ _channel: HandoverChannel | None = None
 
 
 def start(arbiter: Any) -> None:
-    """``on_starting``: before the first worker."""
+    """``on_starting``: before the first worker. Once per master: a second call keeps the
+    channel the workers already write to."""
     global _channel
+    if _channel is not None:
+        return
     _channel = HandoverChannel(arbiter)
     _channel.start()
 
 
 def close_master_end() -> None:
-    """``post_fork``, in the new worker: it only ever writes."""
-    if _channel is not None:
+    """``post_fork``, in the new worker: it only ever writes. A second call does nothing
+    (closing the number again could close whatever file reused it)."""
+    if _channel is not None and _channel.read_fd >= 0:
         os.close(_channel.read_fd)
+        _channel.read_fd = -1
 
 
 def worker_exited(pid: int) -> None:

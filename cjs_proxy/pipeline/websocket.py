@@ -1,12 +1,12 @@
 """WebSocket tunnelling: relay the upgrade to the backend, then pipe raw bytes both ways.
 
 The upgrade request is routed, limited and rewritten like any other request, then
-sent on a fresh backend connection by ``Upstream.open_upgrade`` (the same strict
-HTTP/1.1 layer as every other request). A ``101 websocket`` answer is relayed verbatim
-to the client socket taken from gunicorn (``gunicorn.socket``) and two greenlets copy
-bytes in each direction until both sides are done; frames are never parsed, so any
-subprotocol and binary frames pass unchanged. Any other answer is relayed as a normal
-HTTP response.
+sent on a fresh backend connection by ``open_tunnel`` (``Upstream.open_upgrade``: the
+same strict HTTP/1.1 layer as every other request). A ``101 websocket`` answer is
+relayed verbatim to the client socket taken from gunicorn (``gunicorn.socket``) by
+``run_tunnel``, and two greenlets copy bytes in each direction until both sides are
+done; frames are never parsed, so any subprotocol and binary frames pass unchanged.
+Any other answer is relayed by the pipeline as a normal HTTP response.
 """
 
 from __future__ import annotations
@@ -15,9 +15,12 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
+
+if TYPE_CHECKING:
+    from cjs_proxy.pipeline.upstream import Upstream, UpstreamResponse
 
 log = logging.getLogger("cjs_proxy.pipeline.websocket")
 
@@ -53,6 +56,44 @@ class TunnelStats:
     @property
     def duration(self) -> float:
         return time.monotonic() - self.started
+
+    def log_field(self) -> str:
+        """``ws=<bytes in>/<bytes out> <seconds>s[ <why it ended>]``, appended to the access-log line."""
+        ended_by = f" {self.ended_by}" if self.ended_by else ""
+        return f"ws={self.client_to_backend}/{self.backend_to_client} {self.duration:.3f}s{ended_by}"
+
+
+@dataclass(frozen=True)
+class TunnelOutcome:
+    """What the access log says of a finished tunnel."""
+
+    bytes_sent: int
+    log_field: str
+
+
+#: A client gone before the backend's ``101`` reached it: nothing piped.
+ABORTED = TunnelOutcome(0, "ws=0/0 aborted")
+
+
+def open_tunnel(upstream: Upstream, backend_url: str, method: str, target: str,
+                headers: list[tuple[str, str]]) -> UpstreamResponse:
+    """Send the upgrade request (its headers plus ``Connection``/``Upgrade``) on a fresh connection."""
+    headers = [*headers, ("Connection", "Upgrade"), ("Upgrade", WEBSOCKET)]
+    return upstream.open_upgrade(backend_url, method, target, headers, WEBSOCKET)
+
+
+def run_tunnel(switching: UpstreamResponse, client: socket.socket, idle_timeout: float,
+               max_duration: float | None, host: str) -> TunnelOutcome:
+    """After a ``101``: relay the backend's handshake verbatim, then pipe until both sides are done."""
+    backend, early_bytes = switching.detach()
+    try:
+        client.sendall(switching.head.raw)
+        stats = Tunnel(client, backend, idle_timeout, max_duration).run(early_bytes)
+    except OSError as exc:
+        log.info("%s: websocket client went away during the handshake: %s", host, exc)
+        backend.close()
+        return ABORTED
+    return TunnelOutcome(stats.backend_to_client, stats.log_field())
 
 
 class Tunnel:

@@ -18,6 +18,7 @@ import sysconfig
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,7 +30,16 @@ import yaml
 
 from cjs_proxy.lifecycle.embedded import ping
 from tests.backend import PATTERN
-from tests.harness import GUNICORN_CONF, ROOT, Process, Proxy, free_port, port_open, proxy_config
+from tests.harness import (
+    GUNICORN_CONF,
+    ROOT,
+    Process,
+    Proxy,
+    free_port,
+    port_open,
+    proxy_config,
+    redis_server_binary,
+)
 
 TIMEOUT = 15
 BLOCK = PATTERN * 16  # 1 MiB
@@ -240,6 +250,31 @@ def test_embedded_store_survives_sighup_and_stops_with_the_proxy(tmp_path, data_
         proxy.stop()
     assert proxy.proc.returncode == 0
     wait_for(lambda: not ping(sock), 5, "embedded redis-server still answering after SIGTERM")
+
+
+def test_the_embedded_redis_server_does_not_inherit_the_settings(tmp_path, data_dir):
+    """Validated settings (a TLS passphrase among them) reach the workers in memory, never
+    through the environment, which every child of the master (redis-server) inherits.
+
+    redis-server writes its process title over its own environment block, so
+    ``/proc/<pid>/environ`` is read by a wrapper script just before it becomes
+    redis-server (``exec``): that is exactly what the server was given.
+    """
+    passphrase = f"not-for-redis-{uuid.uuid4().hex}"
+    seen = tmp_path / "redis-server.environ"
+    wrapper = tmp_path / "redis-server"
+    wrapper.write_text(f'#!/bin/sh\ncat /proc/$$/environ > "{seen}"\nexec "{redis_server_binary()}" "$@"\n')
+    wrapper.chmod(0o755)
+    proxy = Proxy(tmp_path / "secret", None, server_workers=1, https={"passphrase": passphrase},
+                  embedded={"dataDir": str(data_dir), "redisServer": str(wrapper)})
+    try:
+        environ = seen.read_bytes()
+        assert b"CJS_PROXY_CONFIG=" in environ, "the wrapper did not capture redis-server's environment"
+        assert passphrase.encode() not in environ
+        assert b"CJS_PROXY_SETTINGS" not in environ
+    finally:
+        proxy.stop()
+    assert proxy.proc.returncode == 0
 
 
 def slow_request(proxy: Proxy, host: str, delay: float, outcome: list[object]) -> threading.Thread:

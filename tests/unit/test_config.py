@@ -601,22 +601,6 @@ def test_hipache_03_server_port_with_non_mapping_http_section() -> None:
     assert "mapping" in error.problem
 
 
-def test_workers_get_the_settings_their_master_validated(tmp_path: Path) -> None:
-    path = write(tmp_path, "server:\n  workers: 3\ndriver: [redis://a:1, redis://b:2]\n")
-    validated = load_settings(path)
-    path.write_text("server:\n  workers: [broken\n")  # edited after the master read it
-    environ = {config.ENV_SETTINGS: validated.to_json(), config.ENV_CONFIG: str(path)}
-    settings = config.worker_settings(environ)
-    assert dict(settings) == {k: list(v) if isinstance(v, tuple) else v for k, v in validated.items()}
-    assert settings.path == validated.path and settings.explicit == validated.explicit
-    assert config.driver_urls(settings) == ("redis://a:1", "redis://b:2")
-
-
-def test_without_a_snapshot_workers_read_the_file(tmp_path: Path) -> None:
-    path = write(tmp_path, "server:\n  workers: 3\n")
-    assert config.worker_settings({config.ENV_CONFIG: str(path)})["server.workers"] == 3
-
-
 # ------------------------------------------------------------------ shipped configs
 
 

@@ -236,3 +236,39 @@ def test_gunicorn_settings_map_the_lifecycle_keys(tmp_path: Path) -> None:
         assert callable(values[hook])
     if os.geteuid() == 0:
         assert (values["user"], values["group"]) == (0, 0)
+
+
+# ------------------------------------------------------------ settings hand-over
+
+
+def test_workers_get_the_settings_their_master_validated(tmp_path: Path) -> None:
+    """The post_fork hook hands a worker the settings read with it, not the file as it is now."""
+    path = tmp_path / "c.yaml"
+    path.write_text("server: {workers: 3}\ndriver: [redis://a:1, redis://b:2]\nuser: root\n")
+    values = gunicorn_conf.gunicorn_settings({config.ENV_CONFIG: str(path)})
+    path.write_text("server:\n  workers: [broken\n")  # edited after the master read it
+    worker = SimpleNamespace(settings=None)
+    values["post_fork"](SimpleNamespace(), worker)
+    assert worker.settings["server.workers"] == 3 and worker.settings.path == str(path)
+    assert config.driver_urls(worker.settings) == ("redis://a:1", "redis://b:2")
+
+
+def test_no_setting_travels_in_the_environment(tmp_path: Path) -> None:
+    """gunicorn copies ``raw_env`` into the master's environment, which its children inherit."""
+    path = tmp_path / "c.yaml"
+    path.write_text("https: {passphrase: not-in-any-environment}\nuser: root\n")
+    values = gunicorn_conf.gunicorn_settings({config.ENV_CONFIG: str(path)})
+    assert values["raw_env"] == [f"{config.ENV_CONFIG}={path}"]
+
+
+def test_the_hooks_are_what_gunicorn_accepts(tmp_path: Path) -> None:
+    """gunicorn checks each hook's arity when it loads the config file."""
+    from gunicorn.config import Config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("user: root\n")
+    values = gunicorn_conf.gunicorn_settings({config.ENV_CONFIG: str(path)})
+    cfg = Config()
+    for hook in ("on_starting", "post_fork", "child_exit", "on_reload", "on_exit"):
+        cfg.set(hook, values[hook])
+        assert getattr(cfg, hook) == values[hook]

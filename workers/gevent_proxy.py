@@ -165,6 +165,10 @@ class ProxyWorker(GeventWorker):
     error_pages = ErrorPages(None)
     #: ``server.serverHeader``, for the answers the worker writes itself.
     server_header = "cjs-proxy"
+    # Set by gunicorn's Worker (untyped): declared so the uses below are checked.
+    max_requests: int
+    retire_after: int
+    alive: bool
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -20,7 +20,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import gevent
 import redis
-from gevent import monkey
+
+from cjs_proxy.pipeline.sockets import readable_now
 
 log = logging.getLogger("cjs_proxy.pipeline.store")
 
@@ -256,10 +257,6 @@ class RouteStore:
             self.writer.close()
 
 
-#: The kernel's poll, not gevent's: a zero-timeout readiness check needs no hub switch
-#: (and poll, unlike select, takes descriptors above 1024).
-_poll = monkey.get_original("select", "poll")
-_READABLE = 0x001 | 0x008 | 0x010  # POLLIN | POLLERR | POLLHUP
 #: Key prefixes whose changes invalidate cached routes.
 TRACKED = ("frontend:", "dead:", "tier:")
 
@@ -285,7 +282,6 @@ class InvalidationFeed:
         self._connections: list[redis.Connection] = []
         self._connecting: gevent.Greenlet | None = None
         self._sockets: dict[int, Any] = {}
-        self._poller: Any = None
         self._next_attempt = 0.0
         self.unsupported = False
 
@@ -296,15 +292,16 @@ class InvalidationFeed:
                 self._connecting = gevent.spawn(self._connect)  # never on the request's time
             return True
         try:
-            ready = self._poller.poll(0)
-            for fd, _events in ready:
-                if not self._sockets[fd].recv(65536):
+            if not readable_now(*self._sockets):
+                return False
+            for sock in self._sockets.values():
+                if readable_now(sock) and not sock.recv(65536):
                     raise ConnectionError("closed by redis")
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError) as exc:
             log.warning("route cache off: invalidation feed lost (%s); reconnecting", exc)
             self.close()
             return True
-        return bool(ready)
+        return True
 
     def _connect(self) -> None:
         try:
@@ -335,9 +332,6 @@ class InvalidationFeed:
             return
         self._connections = [listener, tracker]
         self._sockets = {c._sock.fileno(): c._sock for c in self._connections}
-        self._poller = _poll()
-        for fd in self._sockets:
-            self._poller.register(fd, _READABLE)
 
     def close(self) -> None:
         for connection in self._connections:

@@ -44,10 +44,11 @@ from cjs_proxy.pipeline.headers import (
     upstream_request_headers,
 )
 from cjs_proxy.pipeline.http1 import ResponseHead
+from cjs_proxy.pipeline.invalidation import InvalidationFeed
 from cjs_proxy.pipeline.passive_health import Backend, BackendHealth
 from cjs_proxy.pipeline.ratelimit import RateLimiter
 from cjs_proxy.pipeline.router import Route, RouteCache, Router, normalize_host
-from cjs_proxy.pipeline.store import InvalidationFeed, RouteStore
+from cjs_proxy.pipeline.store import RouteStore
 from cjs_proxy.pipeline.upstream import RequestBody, Upstream, UpstreamBroken, UpstreamResponse, make_session
 from cjs_proxy.pipeline.websocket import WEBSOCKET, Tunnel, is_upgrade
 

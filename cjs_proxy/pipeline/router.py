@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from cjs_proxy.exceptions import InvalidHost, StoreUnavailable, UnknownHost
-from cjs_proxy.pipeline.store import Frontend, InvalidationFeed, LimitVerdict, RouteStore, StoreError
+from cjs_proxy.pipeline.invalidation import InvalidationFeed
+from cjs_proxy.pipeline.store import Frontend, LimitVerdict, RouteStore, StoreError
 
 log = logging.getLogger("cjs_proxy.pipeline.router")
 

@@ -63,6 +63,10 @@ class KeySpace:
     def tier(self, host: str) -> str:
         return f"{self.prefix}{TIER}{host}"
 
+    def counters(self, name: str) -> str:
+        """A rate-limit counter (``lua/route.lua`` names them under this prefix)."""
+        return f"{self.prefix}{COUNTERS}{name}"
+
     def host_of_frontend(self, key: str) -> str:
         """``frontend:<host>`` (prefixed) back to ``<host>``."""
         return key[len(self.prefix) + len(FRONTEND):]

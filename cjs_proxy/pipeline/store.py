@@ -1,7 +1,8 @@
 """The request path's Redis: route lookups and passive dead marks, one round trip each.
 
 A lookup is one EVALSHA of ``lua/route.lua``: the first non-empty ``frontend:`` list
-among the candidates and ``dead:<host>``, plus the rate limits when they apply.
+among the candidates and ``dead:<host>``, plus the rate limiter's decision when it asks:
+its arguments and its answer are ``ratelimit``'s, passed through unread.
 A dead mark is one EVALSHA of ``lua/mark_dead.lua`` on the write URL. Key names come
 from ``redis_keys``; the operator's writes and scans are ``cjs_proxy.admin.store``'s.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -40,26 +42,8 @@ class Frontend:
     dead: frozenset[int]
 
 
-@dataclass(frozen=True)
-class LimitVerdict:
-    """The rate limiter's answer for one request, decided in the route lookup's script.
-
-    ``policy`` names the binding limit (the tier, ``ip`` or ``global-ip``): the one that
-    refused, or the one with the fewest requests left; ``quota``/``window`` describe it
-    (``burst`` requests, refilled in ``window`` seconds), ``remaining`` and ``reset``
-    (seconds) its state after this request.
-    """
-
-    tier: str
-    allowed: bool
-    shadow_limited: bool
-    policy: str
-    quota: int
-    window: int
-    remaining: int
-    reset: int
-    retry_after_ms: int
-    tier_known: bool
+#: The rate limiter's verdict as ``lua/route.lua`` returns it; only ``ratelimit`` reads it.
+LimitAnswer = list[Any]
 
 
 class LuaScript:
@@ -95,15 +79,6 @@ def connect(url: str, timeout: float, max_connections: int) -> tuple[redis.Redis
     return redis.Redis(connection_pool=pool), prefix
 
 
-def _limit_verdict(reply: list) -> LimitVerdict:
-    tier, verdict, policy, quota, window, remaining, reset, retry_ms, known = reply
-    return LimitVerdict(
-        tier=tier.decode(), allowed=int(verdict) != 0, shadow_limited=int(verdict) == 2,
-        policy=policy.decode() if isinstance(policy, bytes) else str(policy),
-        quota=int(quota), window=int(window), remaining=int(remaining), reset=int(reset),
-        retry_after_ms=int(retry_ms), tier_known=bool(int(known)))
-
-
 class RouteStore:
     """What a request needs from Redis: its route (with its limits) and, on failure, a dead mark."""
 
@@ -113,6 +88,9 @@ class RouteStore:
         self.keys = KeySpace(prefix)
         self._route_script = LuaScript(LUA_DIR / "route.lua")
         self._mark_script = LuaScript(LUA_DIR / "mark_dead.lua")
+        #: The route script's first arguments when it applies limits: where to find tiers
+        #: and keep counters.
+        self._limit_key_prefixes = (self.keys.frontend(""), self.keys.tier(""), self.keys.counters(""))
 
     @classmethod
     def from_urls(cls, read_url: str, write_url: str, timeout: float,
@@ -122,16 +100,19 @@ class RouteStore:
         return cls(reader, writer, prefix)
 
     def lookup(self, candidates: list[str], host: str,
-               limit_args: tuple[str, ...] | None = None) -> tuple[Frontend, LimitVerdict | None] | None:
+               limit_args: tuple[str, ...] | None = None) -> tuple[Frontend, LimitAnswer | None] | None:
         """The first candidate with a non-empty frontend list, with ``dead:<host>``.
 
-        With ``limit_args`` (see ``lua/route.lua``) the same call applies the rate
-        limits; it then runs on the write connection, since it updates counters.
+        With ``limit_args`` (the limiter's, see ``lua/route.lua``) the same call applies
+        the rate limits and also returns their verdict; it then runs on the write
+        connection, since it updates counters.
         """
         keys = [self.keys.frontend(c) for c in candidates]
         keys.append(self.keys.dead(host))
-        args = ("1", self.keys.prefix, *limit_args) if limit_args is not None else ("0",)
-        client = self.writer if limit_args is not None else self.reader
+        if limit_args is None:
+            client, args = self.reader, ()
+        else:
+            client, args = self.writer, (*self._limit_key_prefixes, *limit_args)
         try:
             reply = self._route_script(client, keys, args)
         except redis.exceptions.RedisError as exc:
@@ -142,7 +123,7 @@ class RouteStore:
         values = [v.decode("utf-8", "replace") for v in reply[1]]
         dead = frozenset(int(d) for d in reply[2] if d.isdigit())
         frontend = Frontend(candidates[position - 1], values[0], tuple(values[1:]), dead)
-        return frontend, (_limit_verdict(reply[3:]) if limit_args is not None else None)
+        return frontend, (reply[3] if limit_args is not None else None)
 
     def mark_dead(self, host: str, backend_id: int, backend_url: str, backend_count: int,
                   ttl: int) -> bool:

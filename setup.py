@@ -22,7 +22,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["cjs_proxy", "cjs_proxy.pipeline", "cjs_proxy.lifecycle", "cjs_proxy.admin", "workers"],
-    package_data={"cjs_proxy.pipeline": ["lua/*.lua"]},
+    package_data={"cjs_proxy.pipeline": ["lua/*.lua"], "cjs_proxy.admin": ["lua/*.lua"]},
     data_files=[
         ("share/cjs-proxy/errors", [str(p) for p in sorted(Path("errors").glob("*.html"))]),
         ("share/cjs-proxy/etc", ["etc/gunicorn.py", "etc/config.yaml", "etc/config_production.yaml"]),
@@ -34,7 +34,7 @@ setup(
         "requests>=2.32",
         "urllib3>=2.0",
         "httptools>=0.6.2",  # llhttp, strict parsing of backend responses (set_dangerous_leniencies)
-        "redis>=5.0",
+        "redis>=8.0",  # Connection.read_response(timeout=...): the invalidation feed
         "hiredis>=2.0",
         "gevent-websocket>=0.10",
         "PyYAML>=6.0",

@@ -23,7 +23,7 @@ import redis  # noqa: E402
 from servers import Backend, RedisServer  # noqa: E402
 
 from cjs_proxy.admin.active_health import HealthChecker, ProbeSettings  # noqa: E402
-from cjs_proxy.pipeline.store import RouteStore  # noqa: E402
+from cjs_proxy.admin.store import AdminStore  # noqa: E402
 
 
 def cpu_seconds() -> float:
@@ -44,7 +44,7 @@ def main() -> None:
             for i in range(args.backends):
                 pipe.rpush(f"frontend:app{i}.test", f"app{i}", f"{backend.url}/?backend={i}")
             pipe.execute()
-        store = RouteStore.from_urls(store_server.url, store_server.url, timeout=5, max_connections=4)
+        store = AdminStore.from_urls(store_server.url, store_server.url, timeout=5, max_connections=4)
         checker = HealthChecker(store, ProbeSettings(path="/", timeout=2), interval=5, dead_ttl=30,
                                 concurrency=500)
         for n in range(args.rounds):

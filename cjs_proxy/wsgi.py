@@ -24,6 +24,7 @@ from cjs_proxy.pipeline.debug_headers import debug_headers, error_debug_headers,
 from cjs_proxy.pipeline.error_pages import ErrorPages
 from cjs_proxy.pipeline.exchange import Exchange, access_entry
 from cjs_proxy.pipeline.headers import client_address, downstream_response_headers, parse_networks
+from cjs_proxy.pipeline.invalidation import InvalidationFeed
 from cjs_proxy.pipeline.passive_health import Backend, BackendHealth
 from cjs_proxy.pipeline.ratelimit import RateLimiter
 from cjs_proxy.pipeline.redirect import https_redirect, https_redirect_port
@@ -38,7 +39,7 @@ from cjs_proxy.pipeline.request import (
     trusted_peer,
 )
 from cjs_proxy.pipeline.router import Route, RouteCache, Router, normalize_host
-from cjs_proxy.pipeline.store import InvalidationFeed, RouteStore
+from cjs_proxy.pipeline.store import RouteStore
 from cjs_proxy.pipeline.upstream import RequestBody, Upstream, UpstreamResponse, make_session
 from cjs_proxy.pipeline.websocket import is_upgrade, open_tunnel, run_tunnel
 

@@ -21,9 +21,9 @@ import gevent
 import gevent.pool
 from gevent import socket as gsocket
 
+from cjs_proxy.admin.store import AdminStore
 from cjs_proxy.exceptions import ProxyError
 from cjs_proxy.pipeline.http1 import ResponseReader, encode_request_head
-from cjs_proxy.pipeline.store import RouteStore
 from cjs_proxy.pipeline.upstream import BackendConnection
 
 log = logging.getLogger("cjs_proxy.admin.active_health")
@@ -81,7 +81,7 @@ class RoundReport:
 class HealthChecker:
     """Probes backends concurrently (gevent) and keeps the ``dead:`` sets in line."""
 
-    def __init__(self, store: RouteStore, probe_settings: ProbeSettings, interval: float,
+    def __init__(self, store: AdminStore, probe_settings: ProbeSettings, interval: float,
                  dead_ttl: int, concurrency: int = 500,
                  prober: Callable[[str, ProbeSettings], bool] = probe) -> None:
         self.store = store

@@ -14,9 +14,11 @@ import redis
 
 from cjs_proxy import config
 from cjs_proxy.admin.active_health import HealthChecker, ProbeSettings
+from cjs_proxy.admin.store import AdminStore
 from cjs_proxy.lifecycle.embedded import find_redis_server
 from cjs_proxy.lifecycle.tlspolicy import tls_policy
-from cjs_proxy.pipeline.store import RouteStore, StoreError, split_driver_url
+from cjs_proxy.pipeline.redis_keys import split_driver_url
+from cjs_proxy.pipeline.store import StoreError
 
 ADMIN_TIMEOUT = 5.0
 
@@ -70,10 +72,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-def _store(args: argparse.Namespace) -> RouteStore:
+def _store(args: argparse.Namespace) -> AdminStore:
     settings = config.load_settings(args.config)
     read_url, write_url = config.driver_urls(settings)
-    return RouteStore.from_urls(read_url, write_url, ADMIN_TIMEOUT, max_connections=2)
+    return AdminStore.from_urls(read_url, write_url, ADMIN_TIMEOUT, max_connections=2)
 
 
 def cmd_add(args: argparse.Namespace) -> int:

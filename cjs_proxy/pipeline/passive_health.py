@@ -132,7 +132,7 @@ class BackendHealth:
         The URLs are shown escaped and shortened: they are data from Redis, and must not
         be able to add lines to the log.
         """
-        key = self.store.frontend_key(route.frontend.key)
+        key = self.store.keys.frontend(route.frontend.key)
         skipped = [f"#{i} {shown(route.backends[i])} ({problem})"
                    for i, problem in sorted(route.unusable.items())[:MAX_SHOWN]]
         more = len(route.unusable) - len(skipped)

@@ -2,9 +2,12 @@
 
 The decision is made by ``lua/route.lua`` in the same EVALSHA as the route lookup
 (GCRA on Redis ``TIME``, one key per limit), so it holds across every worker and every
-proxy node sharing the Redis. This module encodes the configured limits as script
-arguments and turns the verdict into headers, a 429, or the ``rateLimit.onError``
-fallback when Redis cannot decide.
+proxy node sharing the Redis. This module owns what crosses that call: the limits it
+sends (``encode_limits``, JSON the script reads with ``cjson``, built once per worker)
+and the verdict it gets back (``LimitVerdict.decode``, a flat array: the cheapest reply
+to read on every limited request). The store and the router carry both without reading
+them. Here the verdict becomes headers, a 429, or the ``rateLimit.onError`` fallback
+when Redis cannot decide.
 
 A frontend's tier is ``tier:<host>`` in Redis (the frontend's host key, as in
 ``frontend:<host>``); the ``default`` tier applies without one.
@@ -12,32 +15,84 @@ A frontend's tier is ``tier:<host>`` in Redis (the frontend's host key, as in
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from cjs_proxy import config
 from cjs_proxy.eventlog import EventLog
 from cjs_proxy.exceptions import LimiterUnavailable, RateLimited
 from cjs_proxy.pipeline.router import Route
-from cjs_proxy.pipeline.store import LimitVerdict
 
 log = logging.getLogger("cjs_proxy.pipeline.ratelimit")
 
 
+#: The verdict's values as ``lua/route.lua`` returns them, in order (its last ``return``).
+VERDICT_FIELDS = ("tier_name", "outcome", "policy", "quota", "window", "remaining", "reset",
+                  "retry_after_ms", "tier_known")
+#: ``outcome`` values besides 1 (allowed).
+LIMITED, SHADOW_LIMITED = 0, 2
 
-def _limit_arg(spec: dict[str, Any] | None) -> str:
-    return "" if spec is None else f"{spec['rate']:g}|{spec['burst']}"
+
+@dataclass(frozen=True)
+class LimitVerdict:
+    """The rate limiter's answer for one request, decided in the route lookup's script.
+
+    ``policy`` names the binding limit (the tier, ``ip`` or ``global-ip``): the one that
+    refused, or the one with the fewest requests left; ``quota``/``window`` describe it
+    (``burst`` requests, refilled in ``window`` seconds), ``remaining`` and ``reset``
+    (seconds) its state after this request. ``shadow_limited``: allowed, but over a limit
+    of a tier with ``enforce: false``. ``tier_known`` is False when ``tier:<host>`` names
+    a tier the config does not have (``tier`` is then ``default``).
+    """
+
+    tier: str
+    allowed: bool
+    shadow_limited: bool
+    policy: str
+    quota: int
+    window: int
+    remaining: int
+    reset: int
+    retry_after_ms: int
+    tier_known: bool
+
+    @classmethod
+    def decode(cls, values: Sequence[Any]) -> LimitVerdict:
+        """The verdict from the script's array (``VERDICT_FIELDS``; strings arrive as bytes)."""
+        tier_name, outcome, policy, quota, window, remaining, reset, retry_after_ms, tier_known = values
+        return cls(tier=tier_name.decode(), allowed=outcome != LIMITED, shadow_limited=outcome == SHADOW_LIMITED,
+                   policy=policy.decode(), quota=quota, window=window, remaining=remaining, reset=reset,
+                   retry_after_ms=retry_after_ms, tier_known=tier_known == 1)
 
 
-def encode_tiers(tiers: dict[str, dict[str, Any]]) -> str:
-    """``name|rate|burst|ipRate|ipBurst|enforce;...`` with ``default`` first."""
-    ordered = sorted(tiers.items(), key=lambda item: item[0] != "default")
-    return ";".join(
-        f"{name}|{t['rate']:g}|{t['burst']}|{_limit_arg(t['perIp']) or '|'}|{int(t['enforce'])}"
-        for name, t in ordered)
+def _limit(spec: dict[str, Any]) -> dict[str, float | int]:
+    """``{rate, burst}`` as the script gets it: the rate with six significant digits, the
+    precision limits have always been applied with (``%g``)."""
+    return {"rate": float(f"{spec['rate']:g}"), "burst": spec["burst"]}
+
+
+def encode_limits(settings: config.Settings) -> str:
+    """The configured limits as ``route.lua``'s last argument (see its header).
+
+    Null limits are left out rather than sent as ``null``: cjson turns ``null`` into a
+    value that is true in Lua.
+    """
+    tiers = {}
+    for name, tier in settings["rateLimit.tiers"].items():
+        spec: dict[str, Any] = {**_limit(tier), "enforce": tier["enforce"]}
+        if tier["perIp"] is not None:
+            spec["perIp"] = _limit(tier["perIp"])
+        tiers[name] = spec
+    limits: dict[str, Any] = {"tiers": tiers}
+    for key in ("perIp", "globalPerIp"):
+        if settings[f"rateLimit.{key}"] is not None:
+            limits[key] = _limit(settings[f"rateLimit.{key}"])
+    return json.dumps(limits, separators=(",", ":"))
 
 
 def rate_limit_headers(verdict: LimitVerdict) -> list[tuple[str, str]]:
@@ -56,23 +111,22 @@ class RateLimiter:
         self.enabled: bool = settings["rateLimit.enabled"]
         self.fail_closed = settings["rateLimit.onError"] == "closed"
         self.send_headers: bool = settings["rateLimit.headers"]
-        self._args = (encode_tiers(settings["rateLimit.tiers"]), _limit_arg(settings["rateLimit.perIp"]),
-                      _limit_arg(settings["rateLimit.globalPerIp"]))
+        self._limits = encode_limits(settings)
         self.events = EventLog(log, clock)
 
-    def script_args(self, client_ip: str) -> tuple[str, ...] | None:
-        """Arguments for the route script (after the prefix), or None when limits are off."""
+    def script_args(self, client_ip: str) -> tuple[str, str] | None:
+        """The limiter's arguments to the route script (its last two), or None when limits are off."""
         if not self.enabled:
             return None
-        return (client_ip, *self._args)
+        return (client_ip, self._limits)
 
     def check(self, route: Route, client_ip: str) -> list[tuple[str, str]]:
         """Headers for an allowed request; raises ``RateLimited`` or ``LimiterUnavailable``."""
         if not self.enabled:
             return []
-        verdict = route.limit
-        if verdict is None:
+        if route.limit_answer is None:
             return self._fallback(route)
+        verdict = LimitVerdict.decode(route.limit_answer)
         if not verdict.tier_known:
             self.events.record(f"tier:{route.host}", f"{route.host}: unknown tier in Redis, "
                                f"using {verdict.tier!r}")

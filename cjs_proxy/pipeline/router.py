@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from cjs_proxy.exceptions import InvalidHost, StoreUnavailable, UnknownHost
-from cjs_proxy.pipeline.store import Frontend, InvalidationFeed, LimitVerdict, RouteStore, StoreError
+from cjs_proxy.pipeline.invalidation import InvalidationFeed
+from cjs_proxy.pipeline.store import Frontend, LimitAnswer, RouteStore, StoreError
 
 log = logging.getLogger("cjs_proxy.pipeline.router")
 
@@ -109,8 +110,9 @@ class Route:
 
     host: str
     frontend: Frontend
-    #: The rate limiter's verdict when limits were applied; None otherwise (or when stale).
-    limit: LimitVerdict | None = None
+    #: The rate limiter's verdict, still encoded (``ratelimit`` reads it), when limits
+    #: were applied; None otherwise (or when stale).
+    limit_answer: LimitAnswer | None = None
     #: True when Redis was unreachable and this is the host's last good route.
     stale: bool = False
 

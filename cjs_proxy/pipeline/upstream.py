@@ -13,14 +13,12 @@ Bodies stream both ways in chunks and are never decoded. Transport failures beco
 from __future__ import annotations
 
 import http.cookiejar
-import select
 import socket
 import ssl
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO, cast
 
 import requests
-from gevent import monkey
 from gunicorn.http.errors import NoMoreData, ParseException
 from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool
@@ -37,6 +35,7 @@ from cjs_proxy.exceptions import (
     PayloadTooLarge,
 )
 from cjs_proxy.pipeline.http1 import ResponseHead, ResponseReader, UpstreamBroken, encode_request_head
+from cjs_proxy.pipeline.sockets import readable_now
 
 __all__ = ["BackendAdapter", "RequestBody", "Upstream", "UpstreamBroken", "UpstreamResponse", "make_session"]
 
@@ -45,9 +44,6 @@ __all__ = ["BackendAdapter", "RequestBody", "Upstream", "UpstreamBroken", "Upstr
 BODY_READ_SIZE = 1024 * 1024
 #: Backend pools kept per worker; the least recently used is closed past this.
 BACKEND_POOLS = 1000
-#: The kernel's poll, not gevent's: a zero-timeout liveness check never blocks, and
-#: gevent's would arm a timer and switch to the hub (~5% of a request's CPU).
-_kernel_poll = monkey.get_original("select", "poll")
 Headers = list[tuple[str, str]]
 
 
@@ -66,11 +62,7 @@ class BackendConnection:
         """Open and silent. urllib3's pool asks before lending it: a readable idle
         connection was closed by the backend, or holds bytes nobody asked for."""
         sock = self.sock
-        if sock is None:
-            return False
-        poller = _kernel_poll()
-        poller.register(sock, select.POLLIN)
-        return not poller.poll(0)
+        return sock is not None and not readable_now(sock)
 
     def connect(self, timeout: float, backend_url: str) -> socket.socket:
         try:

@@ -17,6 +17,7 @@ from cjs_proxy.pipeline.passive_health import (
     is_failure_answer,
     live_backends,
 )
+from cjs_proxy.pipeline.redis_keys import KeySpace
 from cjs_proxy.pipeline.router import Route
 from cjs_proxy.pipeline.store import Frontend, StoreError
 
@@ -144,8 +145,7 @@ class FakeStore:
         self.error = error
         self.marks: list[tuple[str, int, str, int, int]] = []
 
-    def frontend_key(self, host: str) -> str:
-        return f"frontend:{host}"
+    keys = KeySpace()
 
     def mark_dead(self, host: str, backend_id: int, backend_url: str, backend_count: int,
                   ttl: int) -> bool:

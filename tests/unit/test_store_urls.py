@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from cjs_proxy import config
-from cjs_proxy.pipeline.store import RouteStore, split_driver_url
+from cjs_proxy.pipeline.redis_keys import KeySpace, split_driver_url
 
 
 @pytest.mark.parametrize(("url", "expected"), [
@@ -80,9 +80,11 @@ def test_embedded_driver_url_is_usable(tmp_path: Path) -> None:
     assert pool.connection_kwargs["path"] == str(tmp_path / "redis.sock")
 
 
-def test_prefix_applies_to_frontend_and_dead_keys() -> None:
-    client = redis.Redis()  # never used: no command is sent
-    store = RouteStore(client, client, prefix="pre:")
-    assert store.frontend_key("app.example") == "pre:frontend:app.example"
-    assert store.dead_key("app.example") == "pre:dead:app.example"
-    assert RouteStore(client, client).frontend_key("*.example") == "frontend:*.example"
+def test_prefix_applies_to_every_routing_key() -> None:
+    keys = KeySpace("pre:")
+    assert keys.frontend("app.example") == "pre:frontend:app.example"
+    assert keys.dead("app.example") == "pre:dead:app.example"
+    assert keys.tier("*.app.example") == "pre:tier:*.app.example"
+    assert keys.routing_prefixes() == ["pre:frontend:", "pre:dead:", "pre:tier:"]
+    assert keys.host_of_frontend("pre:frontend:*.example") == "*.example"
+    assert KeySpace().frontend("*.example") == "frontend:*.example"

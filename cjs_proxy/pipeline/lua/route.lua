@@ -3,16 +3,20 @@
 --
 -- KEYS[1..n-1]: frontend:<candidate>, in lookup order (exact host, wildcards, '*').
 -- KEYS[n]:      dead:<requested host> (Hipache keys dead marks by the requested host).
--- ARGV[1]: "1" to apply rate limits, "0" to only route. With limits:
--- ARGV[2]: key prefix (the driver's #prefix)      ARGV[3]: client IP
--- ARGV[4]: tiers, "name|rate|burst|ipRate|ipBurst|enforce;..." (ipRate/ipBurst empty:
---          the per-IP default below; enforce "1" or "0"); the first is "default"
--- ARGV[5]: per-IP default "rate|burst" or ""      ARGV[6]: global per-IP "rate|burst" or ""
+-- ARGV: empty to only route. To apply rate limits (the key prefixes come from
+-- cjs_proxy/pipeline/redis_keys.py, the last two arguments from ratelimit.py):
+--   ARGV[1]: the frontend key prefix ("<#prefix>frontend:")
+--   ARGV[2]: the tier key prefix ("<#prefix>tier:")
+--   ARGV[3]: the counters' key prefix ("<#prefix>rl:")
+--   ARGV[4]: client IP
+--   ARGV[5]: the limits, JSON: {"tiers": {name: {"rate", "burst", "perIp"?: {"rate", "burst"},
+--            "enforce"}}, "perIp"?: {"rate", "burst"}, "globalPerIp"?: {"rate", "burst"}};
+--            "default" is always among the tiers.
 --
 -- Returns {0} when no candidate holds a non-empty list. Otherwise
--- {position (1-based), frontend list, dead ids} and, with limits,
--- {..., tier, verdict, policy, quota, window_s, remaining, reset_s, retry_after_ms, tier_known}
--- where verdict is 1 allowed, 0 limited, 2 over a shadow (enforce: false) limit but allowed.
+-- {position (1-based), frontend list, dead ids} and, with limits, a fourth element: the
+-- verdict, {tier_name, outcome, policy, quota, window, remaining, reset, retry_after_ms,
+-- tier_known}, in the order of ratelimit.VERDICT_FIELDS (see the end of this script).
 --
 -- Limits are GCRA: one key per limit holding the theoretical arrival time in
 -- microseconds of Redis TIME, so proxy clocks do not matter and memory is O(1) per key.
@@ -29,65 +33,45 @@ if position == 0 then
   return {0}
 end
 local dead = redis.call('SMEMBERS', KEYS[last])
-if ARGV[1] ~= '1' then
+if #ARGV == 0 then
   return {position, frontend, dead}
 end
 
 if redis.replicate_commands then
   redis.replicate_commands()  -- TIME before writes: replicate effects (Redis < 5 default)
 end
-local prefix, ip = ARGV[2], ARGV[3]
-local app = string.sub(KEYS[position], #prefix + #'frontend:' + 1)
-
-local function split(text, sep)
-  local fields, start = {}, 1
-  while true do
-    local i = string.find(text, sep, start, true)
-    if not i then
-      fields[#fields + 1] = string.sub(text, start)
-      return fields
-    end
-    fields[#fields + 1] = string.sub(text, start, i - 1)
-    start = i + 1
-  end
-end
+local frontend_prefix, tier_prefix, counters, ip = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local config = cjson.decode(ARGV[5])
+local app = string.sub(KEYS[position], #frontend_prefix + 1)
 
 -- The frontend's tier: tier:<frontend host>, else "default"; an unknown name falls back too.
-local wanted = redis.call('GET', prefix .. 'tier:' .. app)
-local tiers, first = {}, nil
-for _, spec in ipairs(split(ARGV[4], ';')) do
-  local f = split(spec, '|')
-  tiers[f[1]] = f
-  first = first or f
-end
-local tier = (wanted and tiers[wanted]) or tiers['default'] or first
-local tier_known = (not wanted or tiers[wanted]) and 1 or 0
+local wanted = redis.call('GET', tier_prefix .. app)
+local tier_name = (wanted and config.tiers[wanted]) and wanted or 'default'
+local tier = config.tiers[tier_name]
+local tier_known = (not wanted or config.tiers[wanted]) and 1 or 0
 
 local limits = {}
-local function add(name, key, rate, burst, enforce)
-  rate, burst = tonumber(rate), tonumber(burst)
+local function add(name, key, spec, enforce)
+  local rate, burst = tonumber(spec.rate), tonumber(spec.burst)
   if rate and burst and rate > 0 then
-    limits[#limits + 1] = {name = name, key = prefix .. key, rate = rate, burst = burst, enforce = enforce}
+    limits[#limits + 1] = {name = name, key = counters .. key, rate = rate, burst = burst, enforce = enforce}
   end
 end
-local enforce = tier[6] == '1'
 -- Keys name the tier: a plan change starts a fresh budget instead of inheriting a
 -- state computed at another rate.
-add(tier[1], 'rl:tier:' .. tier[1] .. ':' .. app, tier[2], tier[3], enforce)
-if tier[4] ~= '' then
-  add('ip', 'rl:ip:' .. tier[1] .. ':' .. app .. ':' .. ip, tier[4], tier[5], enforce)
-elseif ARGV[5] ~= '' then
-  local d = split(ARGV[5], '|')
-  add('ip', 'rl:ip::' .. app .. ':' .. ip, d[1], d[2], true)
+add(tier_name, 'tier:' .. tier_name .. ':' .. app, tier, tier.enforce)
+if tier.perIp then
+  add('ip', 'ip:' .. tier_name .. ':' .. app .. ':' .. ip, tier.perIp, tier.enforce)
+elseif config.perIp then
+  add('ip', 'ip::' .. app .. ':' .. ip, config.perIp, true)
 end
-if ARGV[6] ~= '' then
-  local g = split(ARGV[6], '|')
-  add('global-ip', 'rl:gip:' .. ip, g[1], g[2], true)
+if config.globalPerIp then
+  add('global-ip', 'gip:' .. ip, config.globalPerIp, true)
 end
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local verdict = 1
+local outcome = 1  -- 1 allowed, 0 limited, 2 over a shadow (enforce: false) limit but allowed
 local binding = nil
 for _, l in ipairs(limits) do
   local interval = 1000000 / l.rate
@@ -103,9 +87,9 @@ for _, l in ipairs(limits) do
     l.retry = allow_at - now
     l.reset = tat - now
     if l.enforce then
-      verdict = 0
-    elseif verdict == 1 then
-      verdict = 2
+      outcome = 0
+    elseif outcome == 1 then
+      outcome = 2
     end
   else
     l.allowed = true
@@ -120,7 +104,7 @@ for _, l in ipairs(limits) do
   end
 end
 
-if verdict ~= 0 then
+if outcome ~= 0 then
   for _, l in ipairs(limits) do
     if l.allowed then
       redis.call('SET', l.key, string.format('%.0f', l.new_tat), 'PX', math.ceil(l.reset / 1000) + 1000)
@@ -128,8 +112,13 @@ if verdict ~= 0 then
   end
 end
 
-if binding == nil then
-  return {position, frontend, dead, tier[1], verdict, '', 0, 0, 0, 0, 0, tier_known}
+-- The binding limit: the one that refused, or the one with the fewest requests left.
+local policy, quota, window, remaining, reset, retry_after_ms = '', 0, 0, 0, 0, 0
+if binding ~= nil then
+  policy, quota, window = binding.name, binding.quota, binding.window
+  remaining, reset = binding.remaining, math.ceil(binding.reset / 1000000)
+  retry_after_ms = math.ceil(binding.retry / 1000)
 end
-return {position, frontend, dead, tier[1], verdict, binding.name, binding.quota, binding.window,
-        binding.remaining, math.ceil(binding.reset / 1000000), math.ceil(binding.retry / 1000), tier_known}
+-- Numbers only (a Lua false would end the array): ratelimit.LimitVerdict.decode reads it.
+return {position, frontend, dead,
+        {tier_name, outcome, policy, quota, window, remaining, reset, retry_after_ms, tier_known}}

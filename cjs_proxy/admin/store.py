@@ -1,0 +1,104 @@
+"""The operator's Redis: the CLI's frontend edits and the active health checker's writes.
+
+The proxy's workers never use this module (their Redis is ``pipeline.store``): here are
+the scans, batch writes and transactions that have no place on a request's path. Key
+names come from ``pipeline.redis_keys``, so both sides agree on them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis
+
+from cjs_proxy.pipeline.redis_keys import CHECKER_PING_KEY, DEAD_CHANNEL, KeySpace, dead_message
+from cjs_proxy.pipeline.store import LuaScript, connect
+
+LUA_DIR = Path(__file__).resolve().parent / "lua"
+#: Hosts per pipelined round trip when the checker reads or writes every frontend.
+BATCH = 500
+
+
+class AdminStore:
+    """Frontends and dead sets as ``cjs-proxy`` (add/show/list/remove, health-check) sees them."""
+
+    def __init__(self, reader: redis.Redis, writer: redis.Redis, prefix: str = "") -> None:
+        self.reader = reader
+        self.writer = writer
+        self.keys = KeySpace(prefix)
+        self._set_dead_script = LuaScript(LUA_DIR / "set_dead.lua")
+
+    @classmethod
+    def from_urls(cls, read_url: str, write_url: str, timeout: float,
+                  max_connections: int) -> AdminStore:
+        reader, prefix = connect(read_url, timeout, max_connections)
+        writer = reader if write_url == read_url else connect(write_url, timeout, max_connections)[0]
+        return cls(reader, writer, prefix)
+
+    # Active health checks (``cjs-proxy health-check``).
+
+    def checker_ping(self, now: int) -> None:
+        """Tell the proxies (and Hipache's) that an external checker owns the dead sets."""
+        self.writer.set(CHECKER_PING_KEY, now)
+
+    def set_dead(self, dead_by_host: dict[str, set[int]], ttl: int) -> None:
+        """Replace each ``dead:<host>`` with the checker's view (TTL-bound, in case it dies).
+
+        One atomic script call per host (a proxy never reads a half-written set),
+        pipelined in batches.
+        """
+        script = self._set_dead_script
+        self.writer.script_load(script.source)
+        hosts = list(dead_by_host)
+        for start in range(0, len(hosts), BATCH):
+            with self.writer.pipeline(transaction=False) as pipe:
+                for host in hosts[start:start + BATCH]:
+                    pipe.evalsha(script.sha, 1, self.keys.dead(host), ttl, *sorted(dead_by_host[host]))
+                pipe.execute()
+
+    def publish_dead(self, host: str, backend_id: int, backend_url: str, backend_count: int) -> None:
+        self.writer.publish(DEAD_CHANNEL, dead_message(host, backend_id, backend_url, backend_count))
+
+    def all_frontends(self) -> dict[str, list[str]]:
+        """Every ``frontend:`` list (for the checker), read in pipelined batches."""
+        hosts = self.frontend_hosts()
+        result: dict[str, list[str]] = {}
+        for start in range(0, len(hosts), BATCH):
+            batch = hosts[start:start + BATCH]
+            with self.reader.pipeline(transaction=False) as pipe:
+                for host in batch:
+                    pipe.lrange(self.keys.frontend(host), 0, -1)
+                for host, values in zip(batch, pipe.execute(), strict=True):
+                    if values:
+                        result[host] = [v.decode("utf-8", "replace") for v in values]
+        return result
+
+    # Administration (the CLI).
+
+    def set_frontend(self, host: str, identifier: str, backends: list[str]) -> None:
+        """Replace ``frontend:<host>`` atomically and clear its dead marks (ids change)."""
+        key = self.keys.frontend(host)
+        with self.writer.pipeline(transaction=True) as pipe:
+            pipe.delete(key, self.keys.dead(host))
+            pipe.rpush(key, identifier, *backends)
+            pipe.execute()
+
+    def get_frontend(self, host: str) -> tuple[list[str], set[int]]:
+        with self.reader.pipeline(transaction=True) as pipe:
+            pipe.lrange(self.keys.frontend(host), 0, -1)
+            pipe.smembers(self.keys.dead(host))
+            values, dead = pipe.execute()
+        return [v.decode() for v in values], {int(d) for d in dead if d.isdigit()}
+
+    def delete_frontend(self, host: str) -> bool:
+        return bool(self.writer.delete(self.keys.frontend(host), self.keys.dead(host)))
+
+    def frontend_hosts(self) -> list[str]:
+        pattern = self.keys.frontend("*")
+        return sorted(self.keys.host_of_frontend(k.decode())
+                      for k in self.reader.scan_iter(match=pattern, count=1000))
+
+    def close(self) -> None:
+        self.reader.close()
+        if self.writer is not self.reader:
+            self.writer.close()

@@ -1,0 +1,76 @@
+"""Hipache's names in Redis, in one place: keys, the driver's prefix, the ``dead`` channel.
+
+Every module that touches Redis (the request path in ``store``, the route cache's
+``invalidation`` feed, the Lua scripts through their arguments, the operator's
+``admin.store``) takes its names from here, so a Hipache deployment's data stays
+readable by both and a rename is one edit.
+
+Keys, after the driver's ``#prefix``: ``frontend:<host>`` is a list ``[identifier,
+backend_url, ...]``; ``dead:<host>`` a set of dead backend ids (0-based positions
+after the identifier), keyed by the *requested* host; ``tier:<host>`` the frontend's
+rate-limit tier; ``rl:...`` the rate limiter's counters. ``hchecker_ping`` is not
+prefixed (as in Hipache): the unix time of an external checker's last round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+FRONTEND = "frontend:"
+DEAD = "dead:"
+TIER = "tier:"
+#: The rate limiter's counters (``rl:tier:...``, ``rl:ip:...``, ``rl:gip:...``, see ``lua/route.lua``).
+COUNTERS = "rl:"
+#: Key prefixes whose changes invalidate cached routes.
+ROUTING = (FRONTEND, DEAD, TIER)
+
+DEAD_CHANNEL = "dead"
+CHECKER_PING_KEY = "hchecker_ping"
+#: An ``hchecker_ping`` older than this means the external checker is gone (Hipache: 30 s).
+CHECKER_PING_FRESH = 30
+
+
+def split_driver_url(url: str) -> tuple[str, str]:
+    """Hipache's driver URL to (redis-py URL, key prefix); ``redis:`` alone means localhost."""
+    parts = urlsplit(url)
+    prefix = parts.fragment
+    netloc = parts.netloc
+    if parts.scheme in ("redis", "rediss") and not parts.hostname:
+        netloc = (netloc.rstrip("@") + "@" if "@" in netloc else "") + "127.0.0.1:6379"
+    if parts.scheme == "unix":  # urlunsplit would give "unix:/path", which redis-py refuses
+        return f"unix://{netloc}{parts.path}" + (f"?{parts.query}" if parts.query else ""), prefix
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, "")), prefix
+
+
+def dead_message(host: str, backend_id: int, backend_url: str, backend_count: int) -> str:
+    """Hipache's announcement on channel ``dead``: ``<host>;<backend_url>;<id>;<backend_count>``."""
+    return f"{host};{backend_url};{backend_id};{backend_count}"
+
+
+@dataclass(frozen=True)
+class KeySpace:
+    """The key names under one driver's ``#prefix``."""
+
+    prefix: str = ""
+
+    def frontend(self, host: str) -> str:
+        return f"{self.prefix}{FRONTEND}{host}"
+
+    def dead(self, host: str) -> str:
+        return f"{self.prefix}{DEAD}{host}"
+
+    def tier(self, host: str) -> str:
+        return f"{self.prefix}{TIER}{host}"
+
+    def counters(self, name: str) -> str:
+        """A rate-limit counter (``lua/route.lua`` names them under this prefix)."""
+        return f"{self.prefix}{COUNTERS}{name}"
+
+    def host_of_frontend(self, key: str) -> str:
+        """``frontend:<host>`` (prefixed) back to ``<host>``."""
+        return key[len(self.prefix) + len(FRONTEND):]
+
+    def routing_prefixes(self) -> list[str]:
+        """The prefixed ``frontend:``, ``dead:`` and ``tier:``: what a cached route depends on."""
+        return [f"{self.prefix}{name}" for name in ROUTING]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import cast
 
 import gevent
 import redis
@@ -112,7 +113,9 @@ class InvalidationFeed:
             self._connecting = None
 
     def _open(self) -> None:
-        listener, tracker = self.pool.make_connection(), self.pool.make_connection()
+        # A ConnectionPool's connections are AbstractConnections (redis-py types them by interface).
+        listener = cast(AbstractConnection, self.pool.make_connection())
+        tracker = cast(AbstractConnection, self.pool.make_connection())
         try:
             client_id = command(listener, "CLIENT", "ID")
             command(listener, "SUBSCRIBE", INVALIDATE_CHANNEL)

@@ -57,7 +57,7 @@ class LuaScript:
         self.source = path.read_text(encoding="utf-8")
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
-    def __call__(self, client: redis.Redis, keys: list[str], args: tuple = ()) -> object:
+    def __call__(self, client: redis.Redis, keys: list[str], args: tuple = ()) -> Any:
         try:
             return client.evalsha(self.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
@@ -109,8 +109,9 @@ class RouteStore:
         """
         keys = [self.keys.frontend(c) for c in candidates]
         keys.append(self.keys.dead(host))
+        args: tuple[str, ...] = ()
         if limit_args is None:
-            client, args = self.reader, ()
+            client = self.reader
         else:
             client, args = self.writer, (*self._limit_key_prefixes, *limit_args)
         try:

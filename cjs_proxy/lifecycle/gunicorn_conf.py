@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from cjs_proxy import config
-from cjs_proxy.lifecycle import handover, privileges
+from cjs_proxy.lifecycle import handover, monitoring, privileges
 from cjs_proxy.lifecycle.embedded import EmbeddedRedis, EmbeddedRedisError, find_redis_server
 from cjs_proxy.lifecycle.tlspolicy import tls_policy
 
@@ -84,9 +84,11 @@ def _values_from_file(environ: dict[str, str]) -> dict[str, Any]:
 
 
 def on_starting(server: Any) -> None:
-    """Open the workers' handover channel; start the embedded redis-server if no driver is configured."""
+    """Open the workers' handover channel and the admin listener; start the embedded redis-server
+    if no driver is configured."""
     handover.start(server)
     settings = config.worker_settings()
+    monitoring.on_starting(server, settings)
     if settings["driver"] is not None:
         return
     try:
@@ -101,17 +103,21 @@ def on_starting(server: Any) -> None:
 
 def post_fork(server: Any, worker: Any) -> None:
     handover.close_master_end()
+    monitoring.post_fork(server)
 
 
 def child_exit(server: Any, worker: Any) -> None:
     handover.worker_exited(worker.pid)
+    monitoring.child_exit(server, worker.pid)
 
 
 def on_reload(server: Any) -> None:
     handover.forget_pending()
+    monitoring.on_reload(server)
 
 
 def on_exit(server: Any) -> None:
+    monitoring.on_exit(server)
     embedded = getattr(server, "cjs_embedded_redis", None)
     if embedded is not None:
         embedded.stop()

@@ -44,9 +44,11 @@ from cjs_proxy.pipeline.headers import (
     upstream_request_headers,
 )
 from cjs_proxy.pipeline.http1 import ResponseHead
+from cjs_proxy.pipeline.measured import MeasuredRouteCache, MeasuredStore
+from cjs_proxy.pipeline.metrics import NoMetrics, build_metrics, limit_decision
 from cjs_proxy.pipeline.passive_health import Backend, BackendHealth
 from cjs_proxy.pipeline.ratelimit import RateLimiter
-from cjs_proxy.pipeline.router import Route, RouteCache, Router, normalize_host
+from cjs_proxy.pipeline.router import Route, Router, normalize_host
 from cjs_proxy.pipeline.store import InvalidationFeed, RouteStore
 from cjs_proxy.pipeline.upstream import RequestBody, Upstream, UpstreamBroken, UpstreamResponse, make_session
 from cjs_proxy.pipeline.websocket import WEBSOCKET, Tunnel, is_upgrade
@@ -111,8 +113,10 @@ class ProxyApp:
     """The proxy as a WSGI callable; collaborators are passed in, so tests can swap them."""
 
     def __init__(self, settings: config.Settings, router: Router, limiter: RateLimiter,
-                 health: BackendHealth, upstream: Upstream, pages: ErrorPages, access_log: AccessLog) -> None:
+                 health: BackendHealth, upstream: Upstream, pages: ErrorPages, access_log: AccessLog,
+                 metrics: NoMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics or NoMetrics()
         self.router = router
         self.limiter = limiter
         self.health = health
@@ -132,6 +136,7 @@ class ProxyApp:
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         exchange = Exchange(environ)
+        self.metrics.started()
         try:
             return self._proxy(exchange, start_response)
         except ProxyError as exc:
@@ -156,6 +161,8 @@ class ProxyApp:
         exchange.request_id = self._request_id(environ)
         body = self._request_body(environ)
         exchange.route = self.router.resolve(host, self.limiter.script_args(exchange.client_ip))
+        if exchange.route.stale:
+            self.metrics.route_lookup("stale")
         limit_headers = self.limiter.check(exchange.route, exchange.client_ip)
         if is_upgrade(environ) and "gunicorn.socket" in environ:
             return self._tunnel(exchange, host, start_response, limit_headers)
@@ -182,6 +189,8 @@ class ProxyApp:
             assert exchange.route is not None
             try:
                 exchange.backend = self.health.choose(exchange.route, tried)
+                if exchange.backend.id in exchange.route.frontend.dead:
+                    self.metrics.panic()
             except NoLiveBackend:
                 if last_error is None:
                     raise
@@ -189,6 +198,7 @@ class ProxyApp:
             try:
                 return attempt()
             except BackendUnavailable as exc:
+                self.metrics.upstream_error(exc)
                 self.health.record_failure(exchange.route, exchange.backend, exc.detail)
                 tried.append(exchange.backend.url)
                 last_error = exc
@@ -212,7 +222,11 @@ class ProxyApp:
         client = environ["gunicorn.socket"]
         try:
             client.sendall(response.head.raw)  # the backend's handshake answer, verbatim
-            stats = Tunnel(client, backend_sock, self.ws_idle_timeout, self.ws_max_duration).run(early_bytes)
+            self.metrics.tunnel(+1)
+            try:
+                stats = Tunnel(client, backend_sock, self.ws_idle_timeout, self.ws_max_duration).run(early_bytes)
+            finally:
+                self.metrics.tunnel(-1)
         except OSError as exc:
             log.info("%s: websocket client went away during the handshake: %s", host, exc)
             backend_sock.close()
@@ -293,6 +307,7 @@ class ProxyApp:
         start_response(status, [("Content-Type", content_type), ("Content-Length", str(len(body)))])
         exchange.status = int(status[:3])
         exchange.bytes_sent = len(body)
+        self._measure(exchange)  # not logged (``__ping__``), but counted
         return [body]
 
     def _redirect_to_https(self, exchange: Exchange, start_response: StartResponse, host: str) -> list[bytes]:
@@ -364,7 +379,16 @@ class ProxyApp:
             request_id=exchange.request_id,
             started=exchange.wall_started,
             extra=exchange.extra,
+            limit=limit_decision(route.limit if route else None, self.limiter.enabled, route is not None),
         ))
+        self._measure(exchange)
+
+    def _measure(self, exchange: Exchange) -> None:
+        """The request's metrics, once it is answered (or its tunnel closed)."""
+        route = exchange.route
+        self.metrics.finished(exchange.status, time.perf_counter() - exchange.started, exchange.upstream_time,
+                              route.identifier if route else None, exchange.retries,
+                              route.limit if route else None, self.limiter.enabled)
 
     def reopen_logs(self) -> None:
         self.access_log.reopen()
@@ -397,6 +421,7 @@ class RelayedBody:
                 yield chunk
         except (UpstreamBroken, BackendUnavailable) as exc:
             log.warning("resetting client connection: %s", exc)
+            self.app.metrics.upstream_error(exc)
             reset_client(exchange.environ)
             # An OSError tells gunicorn the connection is gone: it writes nothing more.
             raise ConnectionResetError(errno.ECONNRESET, f"backend broke mid-body: {exc}") from exc
@@ -498,9 +523,14 @@ def create_app(settings: config.Settings | None = None) -> ProxyApp:
     """Build a worker's proxy: its router, upstream pools, error pages and access log."""
     settings = settings or config.worker_settings()
     read_url, write_url = config.driver_urls(settings)
-    store = RouteStore.from_urls(read_url, write_url, settings["server.redisTimeout"], REDIS_POOL_SIZE)
-    cache = RouteCache(InvalidationFeed(read_url, settings["server.redisTimeout"])) \
+    metrics = build_metrics(bool(config.admin_addresses(settings)), settings["metrics.perFrontend"],
+                            settings["metrics.maxFrontends"])
+    store = MeasuredStore.measured(
+        RouteStore.from_urls(read_url, write_url, settings["server.redisTimeout"], REDIS_POOL_SIZE), metrics)
+    cache = MeasuredRouteCache(InvalidationFeed(read_url, settings["server.redisTimeout"])) \
         if settings["server.routeCache"] else None
+    if cache is not None:
+        cache.metrics = metrics
     router = Router(store, settings["server.staleRouteTTL"], cache=cache)
     health = BackendHealth(store, settings["server.deadBackendTTL"], settings["server.deadBackendOn500"],
                            dead_after=settings["server.deadBackendAfter"])
@@ -509,7 +539,7 @@ def create_app(settings: config.Settings | None = None) -> ProxyApp:
                         connect_timeout=settings["server.connectTimeout"] or tcp_timeout,
                         read_timeout=tcp_timeout)
     return ProxyApp(settings, router, RateLimiter(settings), health, upstream, ErrorPages(settings["server.staticDir"]),
-                    AccessLog(settings["server.accessLog"]))
+                    AccessLog(settings["server.accessLog"], settings["server.accessLogFormat"]), metrics)
 
 
 def __getattr__(name: str) -> Any:

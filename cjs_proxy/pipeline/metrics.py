@@ -58,6 +58,20 @@ def upstream_error_kind(error: BaseException) -> str:
     return "reset"
 
 
+def limit_decision(verdict: Any, limiter_on: bool, routed: bool) -> str:
+    """The limiter's decision on a request, for the access log and the decisions counter.
+
+    ``-`` when limits are off or the request was never routed; ``fallback`` when Redis
+    could not decide (a stale route, ``rateLimit.onError`` applied). ``verdict`` is the
+    route's ``LimitVerdict`` (tier, allowed, shadow_limited, policy).
+    """
+    if not limiter_on or not routed:
+        return "-"
+    if verdict is None:
+        return "fallback"
+    return "shadow" if verdict.shadow_limited else "allowed" if verdict.allowed else "limited"
+
+
 class FrontendLabels:
     """Frontend identifiers as label values, at most ``limit`` of them in this worker.
 
@@ -221,7 +235,7 @@ class Metrics(NoMetrics):
         if verdict is None:
             self._fallback.inc()
             return
-        decision = "shadow" if verdict.shadow_limited else "allowed" if verdict.allowed else "limited"
+        decision = limit_decision(verdict, True, True)
         # Tier and policy names come from the config file, not from clients: bounded.
         self._child(self._decisions, (verdict.tier, verdict.policy, decision), self.limit_decisions).inc()
 

@@ -31,8 +31,9 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from cjs_proxy import config
 from cjs_proxy.lifecycle import handover, privileges
-from cjs_proxy.lifecycle.watchdog import MemoryWatchdog
+from cjs_proxy.lifecycle.watchdog import MemoryWatchdog, rss_bytes
 from cjs_proxy.pipeline.error_pages import ErrorPages
+from cjs_proxy.pipeline.metrics import NoMetrics
 
 #: Seconds a client has to complete the TLS handshake.
 HANDSHAKE_TIMEOUT = 10.0
@@ -173,11 +174,25 @@ class ProxyWorker(GeventWorker):
         self.requests_per_connection = settings["server.maxRequestsPerConnection"]
         if settings["server.maxMemoryMB"] is not None:
             gevent.spawn(MemoryWatchdog(settings["server.maxMemoryMB"], settings["server.memoryCheckInterval"],
-                                        self.retire, sleep=gevent.sleep, logger=self.log).run)
+                                        lambda reason: self.retire(reason, "memory"), sleep=gevent.sleep,
+                                        logger=self.log).run)
+        if self.metrics.enabled:
+            gevent.spawn(self._sample_rss, settings["server.memoryCheckInterval"])
         gevent.spawn(handover.announce_ready)  # first runs once super().run() is accepting
         super().run()
 
-    def retire(self, reason: str) -> None:
+    @property
+    def metrics(self) -> NoMetrics:
+        """The application's metrics (``cjs_proxy.wsgi``), or none before it is loaded."""
+        return getattr(getattr(self, "wsgi", None), "metrics", None) or NoMetrics()
+
+    def _sample_rss(self, interval: float) -> None:
+        """``cjs_proxy_worker_rss_bytes``: measured now, then every ``server.memoryCheckInterval``."""
+        while True:
+            self.metrics.rss(rss_bytes())
+            gevent.sleep(interval)
+
+    def retire(self, reason: str, recycle: str | None = None) -> None:
         """Leave gracefully and be replaced: stop accepting, finish in-flight requests, exit.
 
         The worker keeps accepting until the master has started its successor and that
@@ -187,6 +202,8 @@ class ProxyWorker(GeventWorker):
         if self.retiring or not self.alive:
             return
         self.retiring = True
+        if recycle is not None:  # ``cjs_proxy_worker_recycles_total{reason}``
+            self.metrics.recycled(recycle)
         if handover.request_successor():
             self.log.info("worker %s: %s; serving until its successor accepts", self.pid, reason)
             gevent.spawn_later(self.cfg.graceful_timeout + self.cfg.timeout, self._stop_accepting)
@@ -219,7 +236,7 @@ class ProxyWorker(GeventWorker):
             super().handle_request(listener_name, req, sock, addr)
         finally:
             if self.nr >= self.retire_after:
-                self.retire(f"served {self.nr} requests (server.maxRequests)")
+                self.retire(f"served {self.nr} requests (server.maxRequests)", "max_requests")
 
     def load_wsgi(self) -> None:
         """Build the app, then the TLS contexts of the HTTPS listeners (once per worker).

@@ -74,6 +74,7 @@ class Exchange:
         "backend",
         "bytes_sent",
         "client_ip",
+        "decision",
         "environ",
         "extra",
         "host_header",
@@ -86,6 +87,7 @@ class Exchange:
         "target",
         "upstream_started",
         "upstream_time",
+        "verdict",
         "wall_started",
     )
 
@@ -107,6 +109,9 @@ class Exchange:
         self.bytes_sent = 0
         self.retries = 0
         self.extra = ""
+        #: The limiter's verdict and decision at the first lookup (a retry's lookup has none).
+        self.verdict: Any = None
+        self.decision = "-"
 
 
 class ProxyApp:
@@ -161,6 +166,8 @@ class ProxyApp:
         exchange.request_id = self._request_id(environ)
         body = self._request_body(environ)
         exchange.route = self.router.resolve(host, self.limiter.script_args(exchange.client_ip))
+        exchange.verdict = exchange.route.limit
+        exchange.decision = limit_decision(exchange.verdict, self.limiter.enabled, True)
         if exchange.route.stale:
             self.metrics.route_lookup("stale")
         limit_headers = self.limiter.check(exchange.route, exchange.client_ip)
@@ -379,7 +386,7 @@ class ProxyApp:
             request_id=exchange.request_id,
             started=exchange.wall_started,
             extra=exchange.extra,
-            limit=limit_decision(route.limit if route else None, self.limiter.enabled, route is not None),
+            limit=exchange.decision,
         ))
         self._measure(exchange)
 
@@ -388,7 +395,7 @@ class ProxyApp:
         route = exchange.route
         self.metrics.finished(exchange.status, time.perf_counter() - exchange.started, exchange.upstream_time,
                               route.identifier if route else None, exchange.retries,
-                              route.limit if route else None, self.limiter.enabled)
+                              exchange.verdict, exchange.decision)
 
     def reopen_logs(self) -> None:
         self.access_log.reopen()

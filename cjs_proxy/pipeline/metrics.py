@@ -104,8 +104,12 @@ class NoMetrics:
         """A request entered the pipeline (in-flight gauge)."""
 
     def finished(self, status: int, duration: float, upstream_time: float | None, frontend: str | None,
-                 retries: int, verdict: Any, limiter_on: bool) -> None:
-        """A request is logged: its status class, durations, retries and limiter decision."""
+                 retries: int, verdict: Any = None, decision: str = "-") -> None:
+        """A request is logged: its status class, durations, retries and limiter decision.
+
+        ``decision`` is ``limit_decision``'s, taken when the request was first routed (a
+        retry reads the route again, without limits); ``verdict`` names its tier and limit.
+        """
 
     def upstream_error(self, error: BaseException) -> None:
         """A backend failed (connect, timeout, reset, protocol)."""
@@ -195,7 +199,7 @@ class Metrics(NoMetrics):
         self.inflight.inc()
 
     def finished(self, status: int, duration: float, upstream_time: float | None, frontend: str | None,
-                 retries: int, verdict: Any, limiter_on: bool) -> None:
+                 retries: int, verdict: Any = None, decision: str = "-") -> None:
         self.inflight.dec()
         code = status_class(status)
         label = NO_FRONTEND
@@ -210,8 +214,8 @@ class Metrics(NoMetrics):
             upstream_h.observe(upstream_time)
         if retries:
             self.retries.inc(retries)
-        if limiter_on and frontend is not None:
-            self._decision(verdict)
+        if decision != "-":
+            self._decision(verdict, decision)
 
     def _duration_children(self, label: str) -> tuple[Any, Any]:
         found = self._durations.get(label)
@@ -230,12 +234,10 @@ class Metrics(NoMetrics):
             found = cache[key] = metric.labels(*key)
         return found
 
-    def _decision(self, verdict: Any) -> None:
-        """The limiter's decision for a routed request: none from Redis means the fallback ran."""
-        if verdict is None:
+    def _decision(self, verdict: Any, decision: str) -> None:
+        if verdict is None:  # ``fallback``: Redis could not decide, so there is no tier either
             self._fallback.inc()
             return
-        decision = limit_decision(verdict, True, True)
         # Tier and policy names come from the config file, not from clients: bounded.
         self._child(self._decisions, (verdict.tier, verdict.policy, decision), self.limit_decisions).inc()
 

@@ -160,7 +160,7 @@ from cjs_proxy.pipeline.metrics import Metrics
 metrics = Metrics()
 for _ in range({n}):
     metrics.started()
-    metrics.finished(200, 0.01, 0.005, "app", 0, None, False)
+    metrics.finished(200, 0.01, 0.005, "app", 0)
 metrics.started()  # still in flight when it exits
 """
 

@@ -17,6 +17,7 @@ from cjs_proxy.pipeline.metrics import (
     Metrics,
     NoMetrics,
     build_metrics,
+    limit_decision,
     metric_names,
     status_class,
     upstream_error_kind,
@@ -72,9 +73,9 @@ def test_a_request_counts_its_class_durations_retries_and_decision(registry: Col
     metrics = Metrics(registry=registry)
     metrics.started()
     assert value(registry, "cjs_proxy_inflight_requests") == 1
-    metrics.finished(429, 0.02, None, "app", 0, verdict(allowed=False), limiter_on=True)
+    metrics.finished(429, 0.02, None, "app", 0, verdict(allowed=False), "limited")
     metrics.started()
-    metrics.finished(200, 0.3, 0.25, "app", 2, verdict(), limiter_on=True)
+    metrics.finished(200, 0.3, 0.25, "app", 2, verdict(), "allowed")
     assert value(registry, "cjs_proxy_inflight_requests") == 0
     assert value(registry, "cjs_proxy_requests_total", code="2xx") == 1
     assert value(registry, "cjs_proxy_requests_total", code="4xx") == 1
@@ -88,10 +89,12 @@ def test_a_request_counts_its_class_durations_retries_and_decision(registry: Col
 
 def test_limiter_decisions_shadow_and_fallback(registry: CollectorRegistry) -> None:
     metrics = Metrics(registry=registry)
-    metrics.finished(200, 0.01, 0.01, "app", 0, verdict(shadow=True, tier="trial", policy="trial"), True)
-    metrics.finished(200, 0.01, 0.01, "app", 0, None, True)  # a stale route: Redis could not decide
-    metrics.finished(400, 0.01, None, None, 0, None, True)  # never routed: no decision at all
-    metrics.finished(200, 0.01, 0.01, "app", 0, None, False)  # limits off: nothing to count
+    trial = verdict(shadow=True, tier="trial", policy="trial")
+    metrics.finished(200, 0.01, 0.01, "app", 0, trial, limit_decision(trial, True, True))
+    stale = limit_decision(None, True, True)  # a stale route: Redis could not decide
+    metrics.finished(200, 0.01, 0.01, "app", 0, None, stale)
+    metrics.finished(400, 0.01, None, None, 0, None, limit_decision(None, True, False))  # never routed
+    metrics.finished(200, 0.01, 0.01, "app", 0, None, limit_decision(None, False, True))  # limits off
     assert value(registry, "cjs_proxy_ratelimit_decisions_total", tier="trial", limit="trial",
                  decision="shadow") == 1
     assert value(registry, "cjs_proxy_ratelimit_decisions_total", tier="-", limit="-", decision="fallback") == 1
@@ -100,8 +103,8 @@ def test_limiter_decisions_shadow_and_fallback(registry: CollectorRegistry) -> N
 def test_per_frontend_labels_are_bounded(registry: CollectorRegistry) -> None:
     metrics = Metrics(per_frontend=True, max_frontends=2, registry=registry)
     for name in ("a", "b", "c", "d", "a"):
-        metrics.finished(200, 0.01, 0.005, name, 0, None, False)
-    metrics.finished(400, 0.01, None, None, 0, None, False)
+        metrics.finished(200, 0.01, 0.005, name, 0)
+    metrics.finished(400, 0.01, None, None, 0)
     assert value(registry, "cjs_proxy_requests_total", code="2xx", frontend="a") == 2
     assert value(registry, "cjs_proxy_requests_total", code="2xx", frontend=OTHER) == 2
     assert value(registry, "cjs_proxy_requests_total", code="4xx", frontend="-") == 1
@@ -110,6 +113,15 @@ def test_per_frontend_labels_are_bounded(registry: CollectorRegistry) -> None:
     families = list(text_string_to_metric_families(generate_latest(registry).decode()))
     frontends = {s.labels.get("frontend") for f in families for s in f.samples} - {None}
     assert frontends == {"a", "b", OTHER, "-"}
+
+
+def test_limit_decisions() -> None:
+    assert limit_decision(verdict(), False, True) == "-"
+    assert limit_decision(verdict(), True, False) == "-"
+    assert limit_decision(None, True, True) == "fallback"
+    assert limit_decision(verdict(allowed=False), True, True) == "limited"
+    assert limit_decision(verdict(shadow=True), True, True) == "shadow"
+    assert limit_decision(verdict(), True, True) == "allowed"
 
 
 def test_frontend_labels_keep_the_first_ones_seen() -> None:
@@ -145,7 +157,7 @@ def test_no_metrics_takes_every_call() -> None:
     metrics = build_metrics(False, True, 10)
     assert type(metrics) is NoMetrics and not metrics.enabled
     metrics.started()
-    metrics.finished(200, 0.1, 0.1, "x", 1, None, True)
+    metrics.finished(200, 0.1, 0.1, "x", 1, None, "fallback")
     metrics.upstream_error(BackendTimeout())
     metrics.route_lookup("cache")
     metrics.redis_call(0.1, True)

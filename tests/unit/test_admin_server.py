@@ -162,6 +162,7 @@ for _ in range({n}):
     metrics.started()
     metrics.finished(200, 0.01, 0.005, "app", 0)
 metrics.started()  # still in flight when it exits
+metrics.flush()
 """
 
 

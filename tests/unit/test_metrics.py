@@ -72,10 +72,12 @@ def test_every_name_of_the_issue_is_exposed_before_any_traffic(registry: Collect
 def test_a_request_counts_its_class_durations_retries_and_decision(registry: CollectorRegistry) -> None:
     metrics = Metrics(registry=registry)
     metrics.started()
+    metrics.flush()
     assert value(registry, "cjs_proxy_inflight_requests") == 1
     metrics.finished(429, 0.02, None, "app", 0, verdict(allowed=False), "limited")
     metrics.started()
     metrics.finished(200, 0.3, 0.25, "app", 2, verdict(), "allowed")
+    metrics.flush()
     assert value(registry, "cjs_proxy_inflight_requests") == 0
     assert value(registry, "cjs_proxy_requests_total", code="2xx") == 1
     assert value(registry, "cjs_proxy_requests_total", code="4xx") == 1
@@ -95,6 +97,7 @@ def test_limiter_decisions_shadow_and_fallback(registry: CollectorRegistry) -> N
     metrics.finished(200, 0.01, 0.01, "app", 0, None, stale)
     metrics.finished(400, 0.01, None, None, 0, None, limit_decision(None, True, False))  # never routed
     metrics.finished(200, 0.01, 0.01, "app", 0, None, limit_decision(None, False, True))  # limits off
+    metrics.flush()
     assert value(registry, "cjs_proxy_ratelimit_decisions_total", tier="trial", limit="trial",
                  decision="shadow") == 1
     assert value(registry, "cjs_proxy_ratelimit_decisions_total", tier="-", limit="-", decision="fallback") == 1
@@ -105,6 +108,7 @@ def test_per_frontend_labels_are_bounded(registry: CollectorRegistry) -> None:
     for name in ("a", "b", "c", "d", "a"):
         metrics.finished(200, 0.01, 0.005, name, 0)
     metrics.finished(400, 0.01, None, None, 0)
+    metrics.flush()
     assert value(registry, "cjs_proxy_requests_total", code="2xx", frontend="a") == 2
     assert value(registry, "cjs_proxy_requests_total", code="2xx", frontend=OTHER) == 2
     assert value(registry, "cjs_proxy_requests_total", code="4xx", frontend="-") == 1
@@ -139,7 +143,7 @@ def test_events(registry: CollectorRegistry) -> None:
     metrics.tunnel(+1)
     metrics.tunnel(+1)
     metrics.tunnel(-1)
-    metrics.recycled("memory")
+    metrics.recycled("memory")  # flushes everything pending: the worker is leaving
     metrics.rss(123456)
     assert value(registry, "cjs_proxy_upstream_errors_total", kind="timeout") == 1
     assert value(registry, "cjs_proxy_upstream_errors_total", kind="connect") == 0
@@ -193,6 +197,7 @@ def test_measured_store_counts_found_unknown_and_failed_lookups(registry: Collec
     broken = measured_store(FakeRedis(error=redis.exceptions.ConnectionError("down")), metrics)
     with pytest.raises(StoreError):
         broken.lookup(["z.test", "*"], "z.test")
+    metrics.flush()
     assert value(registry, "cjs_proxy_route_lookups_total", result="redis") == 1
     assert value(registry, "cjs_proxy_route_lookups_total", result="unknown") == 1
     assert value(registry, "cjs_proxy_redis_errors_total") == 1
@@ -200,8 +205,10 @@ def test_measured_store_counts_found_unknown_and_failed_lookups(registry: Collec
 
 
 def test_measured_store_counts_dead_marks(registry: CollectorRegistry) -> None:
-    store = measured_store(FakeRedis(1), Metrics(registry=registry))
+    metrics = Metrics(registry=registry)
+    store = measured_store(FakeRedis(1), metrics)
     assert store.mark_dead("x.test", 0, "http://a:1", 2, 30) is True
+    metrics.flush()
     assert value(registry, "cjs_proxy_backend_marked_dead_total") == 1
 
 
@@ -227,4 +234,32 @@ def test_measured_cache_counts_hits_only(registry: CollectorRegistry) -> None:
     assert cache.get("x.test") is None
     cache.put(Route("x.test", Frontend("x.test", "app", ("http://a:1",), frozenset())), cache.generation)
     assert cache.get("x.test") is not None
+    cache.metrics.flush()
     assert value(registry, "cjs_proxy_route_lookups_total", result="cache") == 1
+
+
+def test_values_reach_prometheus_at_flush_in_the_buckets_observe_would_pick(registry: CollectorRegistry) -> None:
+    """The hot path only accumulates; a flush writes what ``Histogram.observe`` would have written."""
+    from prometheus_client import Histogram
+
+    from cjs_proxy.pipeline.metrics import REQUEST_BUCKETS
+
+    metrics = Metrics(registry=registry)
+    reference = Histogram("reference_seconds", "same values, observed directly", registry=registry,
+                          buckets=REQUEST_BUCKETS)
+    samples = [0.0, 0.001, 0.0010001, 0.05, 0.2, 60.0, 61.0, 1e9]
+    for seconds in samples:
+        metrics.started()
+        metrics.finished(200, seconds, None, "app", 0)
+        reference.observe(seconds)
+    assert value(registry, "cjs_proxy_requests_total", code="2xx") == 0  # nothing written yet
+    metrics.flush()
+    assert value(registry, "cjs_proxy_requests_total", code="2xx") == len(samples)
+    for bound in [*REQUEST_BUCKETS, float("inf")]:
+        le = "+Inf" if bound == float("inf") else repr(bound)
+        assert value(registry, "cjs_proxy_request_duration_seconds_bucket", le=le) == \
+            value(registry, "reference_seconds_bucket", le=le), le
+    assert value(registry, "cjs_proxy_request_duration_seconds_sum") == pytest.approx(sum(samples))
+    assert value(registry, "cjs_proxy_inflight_requests") == 0
+    metrics.flush()  # nothing pending: nothing added twice
+    assert value(registry, "cjs_proxy_requests_total", code="2xx") == len(samples)

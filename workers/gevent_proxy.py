@@ -22,6 +22,7 @@ import logging
 import socket
 import ssl
 import sys
+import time
 from typing import Any
 
 import gevent
@@ -33,7 +34,7 @@ from cjs_proxy import config
 from cjs_proxy.lifecycle import handover, privileges
 from cjs_proxy.lifecycle.watchdog import MemoryWatchdog, rss_bytes
 from cjs_proxy.pipeline.error_pages import ErrorPages
-from cjs_proxy.pipeline.metrics import NoMetrics
+from cjs_proxy.pipeline.metrics import FLUSH_INTERVAL, NoMetrics
 
 #: Seconds a client has to complete the TLS handshake.
 HANDSHAKE_TIMEOUT = 10.0
@@ -177,20 +178,29 @@ class ProxyWorker(GeventWorker):
                                         lambda reason: self.retire(reason, "memory"), sleep=gevent.sleep,
                                         logger=self.log).run)
         if self.metrics.enabled:
-            gevent.spawn(self._sample_rss, settings["server.memoryCheckInterval"])
+            gevent.spawn(self._metrics_loop, settings["server.memoryCheckInterval"])
         gevent.spawn(handover.announce_ready)  # first runs once super().run() is accepting
-        super().run()
+        try:
+            super().run()
+        finally:
+            self.metrics.flush()  # the last requests' counts, before the process is gone
 
     @property
     def metrics(self) -> NoMetrics:
         """The application's metrics (``cjs_proxy.wsgi``), or none before it is loaded."""
         return getattr(getattr(self, "wsgi", None), "metrics", None) or NoMetrics()
 
-    def _sample_rss(self, interval: float) -> None:
-        """``cjs_proxy_worker_rss_bytes``: measured now, then every ``server.memoryCheckInterval``."""
+    def _metrics_loop(self, rss_interval: float) -> None:
+        """Write the accumulated metrics every ``FLUSH_INTERVAL``; measure the RSS (now, then every
+        ``server.memoryCheckInterval``) for ``cjs_proxy_worker_rss_bytes``."""
+        next_rss = 0.0
         while True:
-            self.metrics.rss(rss_bytes())
-            gevent.sleep(interval)
+            now = time.monotonic()
+            if now >= next_rss:
+                self.metrics.rss(rss_bytes())
+                next_rss = now + rss_interval
+            self.metrics.flush()
+            gevent.sleep(FLUSH_INTERVAL)
 
     def retire(self, reason: str, recycle: str | None = None) -> None:
         """Leave gracefully and be replaced: stop accepting, finish in-flight requests, exit.

@@ -36,6 +36,37 @@ def admin_url(proxy: Proxy, path: str) -> str:
     return f"http://{entry['address']}:{entry['port']}{path}"
 
 
+def scrape_when(proxy: Proxy, name: str, expected: float, before: Samples | None = None,
+                timeout: float = 15.0) -> Samples:
+    """A scrape in which ``name`` (its increase since ``before``) has reached ``expected``.
+
+    Workers write their values once a second (``FLUSH_INTERVAL``): the last requests may
+    take that long to show.
+    """
+    found: list[Samples] = []
+
+    def reached() -> bool:
+        found[:] = [scrape(proxy)]
+        return total(found[0], name) - (total(before, name) if before else 0) == expected
+
+    until(reached, timeout, f"{name} at {expected}")
+    return found[0]
+
+
+def settled(proxy: Proxy) -> Samples:
+    """A baseline scrape: once two scrapes a flush interval apart agree (earlier requests all written)."""
+    found = [scrape(proxy)]
+
+    def stable() -> bool:
+        time.sleep(1.2)
+        previous, found[0] = found[0], scrape(proxy)
+        name = "cjs_proxy_request_duration_seconds_count"
+        return total(previous, name) == total(found[0], name)
+
+    until(stable, 20, "metrics settled")
+    return found[0]
+
+
 def scrape(proxy: Proxy) -> Samples:
     response = requests.get(admin_url(proxy, "/metrics"), timeout=10)
     assert response.status_code == 200
@@ -91,14 +122,14 @@ def test_counters_match_the_traffic_summed_over_both_workers(monitored, rdb, bac
     rdb.rpush(f"frontend:{tiny}", "tiny-app", backends[0].url)
     rdb.set(f"tier:{tiny}", "tiny")
     rdb.rpush(f"frontend:{dead}", "dead-app", f"http://127.0.0.1:{free_port()}")
-    before = scrape(monitored)
+    before = settled(monitored)
 
     oks = ok_until_both_workers_answered(monitored, host)
     assert get(monitored, host, "/status/404").status_code == 404
     assert [get(monitored, tiny).status_code for _ in range(2)] == [200, 429]
     assert get(monitored, f"unknown-{host}").status_code == 400
     assert get(monitored, dead).status_code == 502
-    after = scrape(monitored)
+    after = scrape_when(monitored, "cjs_proxy_request_duration_seconds_count", oks + 5, before)
 
     assert delta(after, before, "cjs_proxy_requests_total", code="2xx") == oks + 1
     assert delta(after, before, "cjs_proxy_requests_total", code="4xx") == 3  # 404, 429, unknown host
@@ -126,10 +157,10 @@ def test_counters_match_the_traffic_summed_over_both_workers(monitored, rdb, bac
 def test_dead_marks_and_panic_mode(make_proxy, rdb, host) -> None:
     proxy = make_proxy(**admin(server_workers=2, server_routeCache=False, server_retryOnError=3))
     rdb.rpush(f"frontend:{host}", "gone", *(f"http://127.0.0.1:{free_port()}" for _ in range(2)))
-    before = scrape(proxy)
+    before = settled(proxy)
     assert get(proxy, host).status_code == 502  # each refused, marked dead, the other tried
     assert get(proxy, host).status_code == 502  # both marked: tried anyway (panic mode)
-    after = scrape(proxy)
+    after = scrape_when(proxy, "cjs_proxy_request_duration_seconds_count", 2, before)
     assert delta(after, before, "cjs_proxy_backend_marked_dead_total") == 4
     assert delta(after, before, "cjs_proxy_panic_mode_total") == 2
     assert delta(after, before, "cjs_proxy_upstream_errors_total", kind="connect") == 4
@@ -140,12 +171,12 @@ def test_a_recycled_worker_keeps_its_counts_in_the_sum(make_proxy, rdb, backends
     proxy = make_proxy(**admin(server_workers=2, server_maxRequests=5))
     rdb.rpush(f"frontend:{host}", "app", backends[0].url)
     first = set(proxy.worker_pids())
-    before = scrape(proxy)
+    before = settled(proxy)
     for _ in range(30):
         assert get(proxy, host).status_code == 200
     until(lambda: not first & set(proxy.worker_pids()) and len(proxy.worker_pids()) == 2, 60,
           "both first workers replaced")
-    after = scrape(proxy)
+    after = scrape_when(proxy, "cjs_proxy_request_duration_seconds_count", 30, before)
     assert delta(after, before, "cjs_proxy_requests_total", code="2xx") == 30
     assert delta(after, before, "cjs_proxy_worker_recycles_total", reason="max_requests") >= 2
     live = {str(pid) for pid in proxy.worker_pids()}
@@ -188,7 +219,7 @@ def test_tunnels_are_a_live_gauge(make_proxy, rdb, ws_backend, host) -> None:
     try:
         ws.send("hi")
         assert ws.recv() == "hi"
-        assert total(scrape(proxy), "cjs_proxy_websocket_tunnels") == 1
+        scrape_when(proxy, "cjs_proxy_websocket_tunnels", 1)
     finally:
         ws.close()
     until(lambda: total(scrape(proxy), "cjs_proxy_websocket_tunnels") == 0, 30, "tunnel gauge back to 0")

@@ -39,6 +39,7 @@ setup(
         "gevent-websocket>=0.10",
         "PyYAML>=6.0",
         "cryptography>=42",  # certificate names for SNI
+        "prometheus-client>=0.20",  # multiprocess mode with live gauge modes (livesum, liveall)
     ],
     extras_require={
         # A redis-server binary for the embedded store when the system has none.

@@ -240,6 +240,8 @@ class Proxy(Process):
         self.config: dict[str, Any] = merge({
             "server": {"accessLog": str(workdir / "access.log"), "workers": workers, "debug": False},
             "http": {"port": self.port, "bind": ["127.0.0.1"]},
+            # Metrics on, as by default, but on a free port: two proxies run side by side.
+            "admin": {"bind": [{"address": "127.0.0.1", "port": free_port()}]},
             "driver": redis_url,
             "user": "root" if os.geteuid() == 0 else os.getuid(),
         }, extra or {})

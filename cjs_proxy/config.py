@@ -451,6 +451,17 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a WebSocket tunnel may carry no byte either way before it is closed."),
     Setting("websocket.maxDuration", None, optional(number()),
             "Longest life of a WebSocket tunnel in seconds; null is unlimited."),
+    Setting("server.accessLogFormat", "combined", choice("combined", "json"),
+            "`combined`: nginx's combined format plus vhost, upstream, timings and request id; "
+            "`json`: the same fields (and the limiter's decision) as one JSON object per line."),
+    Setting("admin.port", 9145, port, "Default port of the admin listeners."),
+    Setting("admin.bind", ["127.0.0.1"], binds,
+            "Admin listen addresses (`/metrics`, `/healthz`, `/readyz`), as `http.bind`; served by "
+            "the gunicorn master, never by the public listeners. `[]` turns it and the metrics off."),
+    Setting("metrics.perFrontend", False, boolean,
+            "Label request counts and durations with the frontend's identifier (`frontend`)."),
+    Setting("metrics.maxFrontends", 100, integer(1),
+            "Most identifiers one worker labels with `metrics.perFrontend`; later ones count as `other`."),
     Setting("healthCheck.interval", 5, number(),
             "Seconds between two rounds of `cjs-proxy health-check`."),
     Setting("healthCheck.timeout", 2, number(),
@@ -672,6 +683,10 @@ def _check_consistency(values: dict[str, Any], path: str | os.PathLike[str]) -> 
     clash = http_ports & {(a, p) for a, p in _addresses(values, "https")}
     if clash:
         raise ConfigError(path, "https.bind", f"{sorted(clash)[0]} is also an http.bind listener")
+    public = http_ports | {(a, p) for a, p in _addresses(values, "https")}
+    clash = public & set(admin_addresses(values))
+    if clash:  # the admin pages must never be what a public port answers
+        raise ConfigError(path, "admin.bind", f"{sorted(clash)[0]} is also a public listener")
 
 
 def check_files(settings: Settings) -> None:
@@ -700,6 +715,11 @@ def listen_addresses(settings: Settings) -> list[str]:
     """gunicorn ``bind`` strings for the HTTP and HTTPS listeners (``[::1]:80`` for IPv6)."""
     addresses = _addresses(settings, "http") + _addresses(settings, "https")
     return [f"[{a}]:{p}" if ":" in a else f"{a}:{p}" for a, p in addresses]
+
+
+def admin_addresses(settings: Mapping[str, Any]) -> list[tuple[str, int]]:
+    """(address, port) of each admin listener; empty when ``admin.bind`` is ``[]`` (metrics off)."""
+    return _addresses(settings, "admin")
 
 
 def https_listeners(settings: Settings) -> list[dict[str, Any]]:

@@ -25,6 +25,8 @@ from cjs_proxy.pipeline.error_pages import ErrorPages
 from cjs_proxy.pipeline.exchange import Exchange, access_entry
 from cjs_proxy.pipeline.headers import client_address, downstream_response_headers, parse_networks
 from cjs_proxy.pipeline.invalidation import InvalidationFeed
+from cjs_proxy.pipeline.measured import MeasuredRouteCache, MeasuredStore
+from cjs_proxy.pipeline.metrics import NoMetrics, build_metrics, limit_decision
 from cjs_proxy.pipeline.passive_health import Backend, BackendHealth
 from cjs_proxy.pipeline.ratelimit import RateLimiter
 from cjs_proxy.pipeline.redirect import https_redirect, https_redirect_port
@@ -38,7 +40,7 @@ from cjs_proxy.pipeline.request import (
     target_and_host,
     trusted_peer,
 )
-from cjs_proxy.pipeline.router import Route, RouteCache, Router, normalize_host
+from cjs_proxy.pipeline.router import Route, Router, normalize_host
 from cjs_proxy.pipeline.store import RouteStore
 from cjs_proxy.pipeline.upstream import RequestBody, Upstream, UpstreamResponse, make_session
 from cjs_proxy.pipeline.websocket import is_upgrade, open_tunnel, run_tunnel
@@ -62,8 +64,10 @@ class ProxyApp:
     (``tests/unit/test_wsgi.py`` builds it with fakes)."""
 
     def __init__(self, settings: config.Settings, router: Router, limiter: RateLimiter,
-                 health: BackendHealth, upstream: Upstream, pages: ErrorPages, access_log: AccessLog) -> None:
+                 health: BackendHealth, upstream: Upstream, pages: ErrorPages, access_log: AccessLog,
+                 metrics: NoMetrics | None = None) -> None:
         self.settings = settings
+        self.metrics = metrics or NoMetrics()
         self.router = router
         self.limiter = limiter
         self.health = health
@@ -83,6 +87,7 @@ class ProxyApp:
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         """One request; any failure becomes an answer here, and only here."""
         exchange = Exchange(environ)
+        self.metrics.started()
         try:
             return self._proxy(exchange, start_response)
         except ProxyError as exc:
@@ -104,11 +109,19 @@ class ProxyApp:
             return self._answer_redirect(exchange, start_response, https_redirect(host, self.https_port, target))
         request = self._read_request(exchange, target, host_header or host, host)
         route = exchange.route = self.router.resolve(host, self.limiter.script_args(request.client_ip))
+        self._note_limits(exchange, route)
         limit_headers = self.limiter.check(route, request.client_ip)
         if is_upgrade(environ) and "gunicorn.socket" in environ:
             return self._tunnel(exchange, request, route, start_response, limit_headers)
         response = self._send_with_retries(exchange, request, route, self._forward)
         return self._relay(exchange, response, start_response, limit_headers)
+
+    def _note_limits(self, exchange: Exchange, route: Route) -> None:
+        """The limiter's verdict on this request as the first lookup gave it (for the log and metrics)."""
+        exchange.verdict = self.limiter.verdict(route)
+        exchange.decision = limit_decision(exchange.verdict, self.limiter.enabled, True)
+        if route.stale:
+            self.metrics.route_lookup("stale")
 
     def _read_request(self, exchange: Exchange, target: str, host_header: str, host: str) -> ClientRequest:
         """The client, its request id and its body (refused here when too large or oddly coded)."""
@@ -132,15 +145,19 @@ class ProxyApp:
         last_error: BackendUnavailable | None = None
         while True:
             backend = exchange.backend = self._choose_backend(route, tried, last_error)
+            if backend.id in route.frontend.dead:
+                self.metrics.panic()
             try:
                 response = self._timed_attempt(exchange, send, request, backend)
             except BackendUnavailable as exc:
+                self.metrics.upstream_error(exc)
                 self.health.record_failure(route, backend, exc.detail)
                 tried.append(backend.url)
                 last_error = exc
                 retries_done = len(tried) - 1
                 if retries_done >= self.retries or not may_retry(exc, request.method, request.body):
                     raise
+                exchange.retries = retries_done + 1
                 log.info("%s: retrying on another backend (%d/%d) after: %s",
                          request.host, retries_done + 1, self.retries, exc.detail)
                 route = exchange.route = self.router.resolve(request.host)
@@ -183,8 +200,12 @@ class ProxyApp:
         if response.status != 101:  # refused: an ordinary response, relayed as such
             return self._relay(exchange, response, start_response, limit_headers)
         exchange.status = 101
-        outcome = run_tunnel(response, request.environ["gunicorn.socket"], self.ws_idle_timeout,
-                             self.ws_max_duration, request.host)
+        self.metrics.tunnel(+1)
+        try:
+            outcome = run_tunnel(response, request.environ["gunicorn.socket"], self.ws_idle_timeout,
+                                 self.ws_max_duration, request.host)
+        finally:
+            self.metrics.tunnel(-1)
         exchange.bytes_sent, exchange.extra = outcome.bytes_sent, outcome.log_field
         self.end_of_request(exchange)
         return ALREADY_HANDLED
@@ -202,11 +223,19 @@ class ProxyApp:
         except Exception:
             response.close()
             raise
-        return StreamedBody(exchange, response.iter_body(), response.close, self.end_of_request)
+        return StreamedBody(exchange, response.iter_body(), response.close, self.end_of_request,
+                            self.metrics.upstream_error)
 
     def end_of_request(self, exchange: Exchange) -> None:
-        """Where every logged request ends, once its answer is out: one access-log line."""
+        """Where every logged request ends, once its answer is out: one access-log line, its metrics."""
         self.access_log.write(access_entry(exchange))
+        self._measure(exchange)
+
+    def _measure(self, exchange: Exchange) -> None:
+        route = exchange.route
+        self.metrics.finished(exchange.status, time.perf_counter() - exchange.started, exchange.upstream_time,
+                              route.identifier if route else None, exchange.retries,
+                              exchange.verdict, exchange.decision)
 
     # ---------------------------------------------------------------- answers
 
@@ -215,6 +244,7 @@ class ProxyApp:
         body = b"ok"
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
         exchange.answered(200, len(body))
+        self._measure(exchange)  # not logged, but counted
         return [body]
 
     def _answer_redirect(self, exchange: Exchange, start_response: StartResponse,
@@ -271,9 +301,14 @@ def may_retry(error: BackendUnavailable, method: str, body: RequestBody | None) 
 def create_app(settings: config.Settings) -> ProxyApp:
     """Build a worker's proxy: its router, upstream pools, error pages and access log."""
     read_url, write_url = config.driver_urls(settings)
-    store = RouteStore.from_urls(read_url, write_url, settings["server.redisTimeout"], REDIS_POOL_SIZE)
-    cache = RouteCache(InvalidationFeed(read_url, settings["server.redisTimeout"])) \
+    metrics = build_metrics(bool(config.admin_addresses(settings)), settings["metrics.perFrontend"],
+                            settings["metrics.maxFrontends"])
+    store = MeasuredStore.measured(
+        RouteStore.from_urls(read_url, write_url, settings["server.redisTimeout"], REDIS_POOL_SIZE), metrics)
+    cache = MeasuredRouteCache(InvalidationFeed(read_url, settings["server.redisTimeout"])) \
         if settings["server.routeCache"] else None
+    if cache is not None:
+        cache.metrics = metrics
     router = Router(store, settings["server.staleRouteTTL"], cache=cache)
     health = BackendHealth(store, settings["server.deadBackendTTL"], settings["server.deadBackendOn500"],
                            dead_after=settings["server.deadBackendAfter"])
@@ -282,7 +317,7 @@ def create_app(settings: config.Settings) -> ProxyApp:
                         connect_timeout=settings["server.connectTimeout"] or tcp_timeout,
                         read_timeout=tcp_timeout)
     return ProxyApp(settings, router, RateLimiter(settings), health, upstream, ErrorPages(settings["server.staticDir"]),
-                    AccessLog(settings["server.accessLog"]))
+                    AccessLog(settings["server.accessLog"], settings["server.accessLogFormat"]), metrics)
 
 
 def build_application(settings: config.Settings) -> ProxyApp:

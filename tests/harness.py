@@ -138,6 +138,8 @@ def proxy_config(port: int, redis_url: str | None, access_log: Path, **overrides
     cfg: dict[str, Any] = {
         "server": {"accessLog": str(access_log), "workers": 1, "debug": True, "tcpTimeout": 5},
         "http": {"port": port, "bind": ["127.0.0.1"]},
+        # Off unless a test asks (``admin_bind=[...]``): proxies run side by side, 9145 is one port.
+        "admin": {"bind": []},
         "user": "root" if os.geteuid() == 0 else os.getuid(),
     }
     if redis_url is not None:

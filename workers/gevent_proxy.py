@@ -22,6 +22,7 @@ import logging
 import socket
 import ssl
 import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -31,8 +32,9 @@ from gunicorn.workers.ggevent import GeventWorker
 
 from cjs_proxy import config
 from cjs_proxy.lifecycle import handover, privileges
-from cjs_proxy.lifecycle.watchdog import MemoryWatchdog
+from cjs_proxy.lifecycle.watchdog import MemoryWatchdog, rss_bytes
 from cjs_proxy.pipeline.error_pages import ErrorPages
+from cjs_proxy.pipeline.metrics import FLUSH_INTERVAL, NoMetrics
 
 if TYPE_CHECKING:  # imported for real only in load_wsgi: after gevent's monkeypatching
     from cjs_proxy.wsgi import ProxyApp
@@ -203,11 +205,34 @@ class ProxyWorker(GeventWorker):
         self.requests_per_connection = settings["server.maxRequestsPerConnection"]
         if settings["server.maxMemoryMB"] is not None:
             gevent.spawn(MemoryWatchdog(settings["server.maxMemoryMB"], settings["server.memoryCheckInterval"],
-                                        self.retire, sleep=gevent.sleep, logger=self.log).run)
+                                        lambda reason: self.retire(reason, "memory"), sleep=gevent.sleep,
+                                        logger=self.log).run)
+        if self.metrics.enabled:
+            gevent.spawn(self._metrics_loop, settings["server.memoryCheckInterval"])
         gevent.spawn(handover.announce_ready)  # first runs once super().run() is accepting
-        super().run()
+        try:
+            super().run()
+        finally:
+            self.metrics.flush()  # the last requests' counts, before the process is gone
 
-    def retire(self, reason: str) -> None:
+    @property
+    def metrics(self) -> NoMetrics:
+        """The application's metrics (``cjs_proxy.wsgi``), or none before it is loaded."""
+        return self.proxy_app.metrics if self.proxy_app is not None else NoMetrics()
+
+    def _metrics_loop(self, rss_interval: float) -> None:
+        """Write the accumulated metrics every ``FLUSH_INTERVAL``; measure the RSS (now, then every
+        ``server.memoryCheckInterval``) for ``cjs_proxy_worker_rss_bytes``."""
+        next_rss = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_rss:
+                self.metrics.rss(rss_bytes())
+                next_rss = now + rss_interval
+            self.metrics.flush()
+            gevent.sleep(FLUSH_INTERVAL)
+
+    def retire(self, reason: str, recycle: str | None = None) -> None:
         """Leave gracefully and be replaced: stop accepting, finish in-flight requests, exit.
 
         The worker keeps accepting until the master has started its successor and that
@@ -217,6 +242,8 @@ class ProxyWorker(GeventWorker):
         if self.retiring or not self.alive:
             return
         self.retiring = True
+        if recycle is not None:  # ``cjs_proxy_worker_recycles_total{reason}``
+            self.metrics.recycled(recycle)
         if handover.request_successor():
             self.log.info("worker %s: %s; serving until its successor accepts", self.pid, reason)
             gevent.spawn_later(self.cfg.graceful_timeout + self.cfg.timeout, self._stop_accepting)
@@ -249,7 +276,7 @@ class ProxyWorker(GeventWorker):
             super().handle_request(listener_name, req, sock, addr)
         finally:
             if self.nr >= self.retire_after:
-                self.retire(f"served {self.nr} requests (server.maxRequests)")
+                self.retire(f"served {self.nr} requests (server.maxRequests)", "max_requests")
 
     def load_wsgi(self) -> None:
         """Build the app, then the TLS contexts of the HTTPS listeners (once per worker).

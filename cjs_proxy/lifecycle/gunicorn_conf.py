@@ -25,7 +25,7 @@ import sys
 from typing import Any
 
 from cjs_proxy import config
-from cjs_proxy.lifecycle import handover, privileges
+from cjs_proxy.lifecycle import handover, monitoring, privileges
 from cjs_proxy.lifecycle.embedded import EmbeddedRedis, EmbeddedRedisError, find_redis_server
 from cjs_proxy.lifecycle.tlspolicy import tls_policy
 
@@ -103,8 +103,10 @@ class MasterHooks:
                 "on_reload": self.on_reload, "on_exit": self.on_exit}
 
     def on_starting(self, server: Any) -> None:
-        """Open the workers' handover channel; start the embedded redis-server if no driver is configured."""
+        """Open the workers' handover channel and the admin listener; start the embedded
+        redis-server if no driver is configured."""
         handover.start(server)
+        monitoring.on_starting(server, self.settings)
         if self.settings["driver"] is not None:
             return
         try:
@@ -120,15 +122,19 @@ class MasterHooks:
     def post_fork(self, server: Any, worker: Any) -> None:
         """In the new worker, before it loads the app: its end of the handover pipe, and its settings."""
         handover.close_master_end()
+        monitoring.post_fork(server)
         worker.settings = self.settings
 
     def child_exit(self, server: Any, worker: Any) -> None:
         handover.worker_exited(worker.pid)
+        monitoring.child_exit(server, worker.pid)
 
     def on_reload(self, server: Any) -> None:
         handover.forget_pending()
+        monitoring.on_reload(server)
 
     def on_exit(self, server: Any) -> None:
+        monitoring.on_exit(server)
         embedded = getattr(server, "cjs_embedded_redis", None)
         if embedded is not None:
             embedded.stop()

@@ -26,13 +26,16 @@ class Exchange:
         "backend",
         "bytes_sent",
         "client_ip",
+        "decision",
         "environ",
         "extra",
         "request_id",
+        "retries",
         "route",
         "started",
         "status",
         "upstream_time",
+        "verdict",
         "wall_started",
     )
 
@@ -51,6 +54,11 @@ class Exchange:
         self.bytes_sent = 0
         #: Appended to the log line as is (a tunnel's byte counts and duration).
         self.extra = ""
+        #: Backends tried again after a failure.
+        self.retries = 0
+        #: The limiter's verdict and decision at the first lookup (a retry's lookup has none).
+        self.verdict: Any = None
+        self.decision = "-"
 
     def answered(self, status: int, bytes_sent: int) -> None:
         """The proxy answered itself: the whole body is known up front."""
@@ -77,6 +85,7 @@ def access_entry(exchange: Exchange) -> AccessEntry:
         request_id=exchange.request_id,
         started=exchange.wall_started,
         extra=exchange.extra,
+        limit=exchange.decision,
     )
 
 

@@ -120,6 +120,12 @@ class RateLimiter:
             return None
         return (client_ip, self._limits)
 
+    def verdict(self, route: Route) -> LimitVerdict | None:
+        """What Redis decided for this request; None when limits are off or Redis could not say."""
+        if not self.enabled or route.limit_answer is None:
+            return None
+        return LimitVerdict.decode(route.limit_answer)
+
     def check(self, route: Route, client_ip: str) -> list[tuple[str, str]]:
         """Headers for an allowed request; raises ``RateLimited`` or ``LimiterUnavailable``."""
         if not self.enabled:

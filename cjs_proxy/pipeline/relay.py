@@ -32,8 +32,11 @@ class StreamedBody:
     """
 
     def __init__(self, exchange: Exchange, chunks: Iterator[bytes], release: Callable[[], None],
-                 end_of_request: Callable[[Exchange], None]) -> None:
+                 end_of_request: Callable[[Exchange], None],
+                 on_broken: Callable[[Exception], None] = lambda error: None) -> None:
         self.exchange = exchange
+        #: Told when the backend breaks mid-body (the upstream errors counter).
+        self.on_broken = on_broken
         self.chunks = chunks
         #: Settles the backend connection (back to its pool if the body was read whole).
         self.release = release
@@ -47,6 +50,7 @@ class StreamedBody:
                 yield chunk
         except (UpstreamBroken, BackendUnavailable) as exc:
             log.warning("resetting client connection: %s", exc)
+            self.on_broken(exc)
             reset_client(exchange.environ)
             # An OSError tells gunicorn the connection is gone: it writes nothing more.
             raise ConnectionResetError(errno.ECONNRESET, f"backend broke mid-body: {exc}") from exc

@@ -76,16 +76,23 @@ class FakeRouter:
 
 
 class FakeLimiter:
-    def __init__(self, verdict: list[tuple[str, str]] | Exception | None = None) -> None:
-        self.verdict = verdict or []
+    """Limits off (no verdict from Redis); ``check`` answers the headers or raises as told."""
+
+    enabled = False
+
+    def __init__(self, outcome: list[tuple[str, str]] | Exception | None = None) -> None:
+        self.outcome = outcome or []
 
     def script_args(self, client_ip: str) -> tuple[str, ...] | None:
         return None
 
+    def verdict(self, route: Route) -> None:
+        return None
+
     def check(self, route: Route, client_ip: str) -> list[tuple[str, str]]:
-        if isinstance(self.verdict, Exception):
-            raise self.verdict
-        return list(self.verdict)
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return list(self.outcome)
 
 
 class FakeHealth:

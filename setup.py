@@ -21,7 +21,8 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["cjs_proxy", "cjs_proxy.pipeline", "cjs_proxy.lifecycle", "cjs_proxy.admin", "workers"],
+    packages=["cjs_proxy", "cjs_proxy.config", "cjs_proxy.pipeline", "cjs_proxy.lifecycle", "cjs_proxy.admin",
+              "workers"],
     package_data={"cjs_proxy.pipeline": ["lua/*.lua"], "cjs_proxy.admin": ["lua/*.lua"]},
     data_files=[
         ("share/cjs-proxy/errors", [str(p) for p in sorted(Path("errors").glob("*.html"))]),

@@ -18,6 +18,15 @@ from typing import Any
 from gunicorn.workers.base_async import ALREADY_HANDLED
 
 from cjs_proxy import config
+from cjs_proxy.config.views import (
+    AccessLogSettings,
+    HealthSettings,
+    MetricsSettings,
+    ProxySettings,
+    RoutingSettings,
+    UpstreamSettings,
+    view,
+)
 from cjs_proxy.exceptions import BackendTimeout, BackendUnavailable, NoLiveBackend, ProxyError
 from cjs_proxy.pipeline.accesslog import AccessLog
 from cjs_proxy.pipeline.debug_headers import debug_headers, error_debug_headers, wants_debug
@@ -63,10 +72,9 @@ class ProxyApp:
     """The proxy as a WSGI callable; collaborators are passed in, so tests can swap them
     (``tests/unit/test_wsgi.py`` builds it with fakes)."""
 
-    def __init__(self, settings: config.Settings, router: Router, limiter: RateLimiter,
+    def __init__(self, options: ProxySettings, router: Router, limiter: RateLimiter,
                  health: BackendHealth, upstream: Upstream, pages: ErrorPages, access_log: AccessLog,
-                 metrics: NoMetrics | None = None) -> None:
-        self.settings = settings
+                 metrics: NoMetrics | None = None, https_port: int | None = None) -> None:
         self.metrics = metrics or NoMetrics()
         self.router = router
         self.limiter = limiter
@@ -74,13 +82,14 @@ class ProxyApp:
         self.upstream = upstream
         self.pages = pages
         self.access_log = access_log
-        self.debug = settings["server.debug"]
-        self.max_body = settings["server.maxRequestBodySize"]
-        self.trusted = parse_networks(settings["server.trustedProxies"])
-        self.retries = settings["server.retryOnError"]
-        self.ws_idle_timeout = settings["websocket.idleTimeout"]
-        self.ws_max_duration = settings["websocket.maxDuration"]
-        self.https_port = https_redirect_port(settings)
+        self.debug = options.debug
+        self.max_body = options.max_body
+        self.trusted = parse_networks(options.trusted_proxies)
+        self.retries = options.retries
+        self.ws_idle_timeout = options.ws_idle_timeout
+        self.ws_max_duration = options.ws_max_duration
+        #: ``https.redirectHttp``: plain HTTP is answered with a 301 to this port.
+        self.https_port = https_port
 
     # ------------------------------------------------------------------ pipeline
 
@@ -299,25 +308,24 @@ def may_retry(error: BackendUnavailable, method: str, body: RequestBody | None) 
 
 
 def create_app(settings: config.Settings) -> ProxyApp:
-    """Build a worker's proxy: its router, upstream pools, error pages and access log."""
+    """Build a worker's proxy: each collaborator from its own typed view of the settings."""
     read_url, write_url = config.driver_urls(settings)
-    metrics = build_metrics(bool(config.admin_addresses(settings)), settings["metrics.perFrontend"],
-                            settings["metrics.maxFrontends"])
+    routing, health_view = view(RoutingSettings, settings), view(HealthSettings, settings)
+    pool, logs, monitoring = view(UpstreamSettings, settings), view(AccessLogSettings, settings), \
+        view(MetricsSettings, settings)
+    metrics = build_metrics(bool(config.admin_addresses(settings)), monitoring.per_frontend, monitoring.max_frontends)
     store = MeasuredStore.measured(
-        RouteStore.from_urls(read_url, write_url, settings["server.redisTimeout"], REDIS_POOL_SIZE), metrics)
-    cache = MeasuredRouteCache(InvalidationFeed(read_url, settings["server.redisTimeout"])) \
-        if settings["server.routeCache"] else None
+        RouteStore.from_urls(read_url, write_url, routing.redis_timeout, REDIS_POOL_SIZE), metrics)
+    cache = MeasuredRouteCache(InvalidationFeed(read_url, routing.redis_timeout)) if routing.route_cache else None
     if cache is not None:
         cache.metrics = metrics
-    router = Router(store, settings["server.staleRouteTTL"], cache=cache)
-    health = BackendHealth(store, settings["server.deadBackendTTL"], settings["server.deadBackendOn500"],
-                           dead_after=settings["server.deadBackendAfter"])
-    tcp_timeout = settings["server.tcpTimeout"]
-    upstream = Upstream(make_session(settings["server.maxSockets"]),
-                        connect_timeout=settings["server.connectTimeout"] or tcp_timeout,
-                        read_timeout=tcp_timeout)
-    return ProxyApp(settings, router, RateLimiter(settings), health, upstream, ErrorPages(settings["server.staticDir"]),
-                    AccessLog(settings["server.accessLog"], settings["server.accessLogFormat"]), metrics)
+    router = Router(store, routing.stale_route_ttl, cache=cache)
+    health = BackendHealth(store, health_view.dead_ttl, health_view.dead_on_500, dead_after=health_view.dead_after)
+    upstream = Upstream(make_session(pool.max_sockets), connect_timeout=pool.connect_timeout or pool.tcp_timeout,
+                        read_timeout=pool.tcp_timeout)
+    return ProxyApp(view(ProxySettings, settings), router, RateLimiter(settings), health, upstream,
+                    ErrorPages(logs.static_dir), AccessLog(logs.path, logs.format), metrics,
+                    https_port=https_redirect_port(settings))
 
 
 def build_application(settings: config.Settings) -> ProxyApp:

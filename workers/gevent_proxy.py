@@ -31,6 +31,7 @@ from gunicorn.http import wsgi as gunicorn_wsgi
 from gunicorn.workers.ggevent import GeventWorker
 
 from cjs_proxy import config
+from cjs_proxy.config.views import WorkerSettings, view
 from cjs_proxy.lifecycle import handover, privileges
 from cjs_proxy.lifecycle.watchdog import MemoryWatchdog, rss_bytes
 from cjs_proxy.pipeline.error_pages import ErrorPages
@@ -201,14 +202,14 @@ class ProxyWorker(GeventWorker):
 
     def run(self) -> None:
         """Start the memory watchdog, then serve (gunicorn's loop); say when accepting."""
-        settings = self.proxy_settings
-        self.requests_per_connection = settings["server.maxRequestsPerConnection"]
-        if settings["server.maxMemoryMB"] is not None:
-            gevent.spawn(MemoryWatchdog(settings["server.maxMemoryMB"], settings["server.memoryCheckInterval"],
+        options = view(WorkerSettings, self.proxy_settings)
+        self.requests_per_connection = options.requests_per_connection
+        if options.max_memory_mb is not None:
+            gevent.spawn(MemoryWatchdog(options.max_memory_mb, options.memory_check_interval,
                                         lambda reason: self.retire(reason, "memory"), sleep=gevent.sleep,
                                         logger=self.log).run)
         if self.metrics.enabled:
-            gevent.spawn(self._metrics_loop, settings["server.memoryCheckInterval"])
+            gevent.spawn(self._metrics_loop, options.memory_check_interval)
         gevent.spawn(handover.announce_ready)  # first runs once super().run() is accepting
         try:
             super().run()
@@ -292,9 +293,10 @@ class ProxyWorker(GeventWorker):
         settings = self.proxy_settings
         self.proxy_app = build_application(settings)
         super().load_wsgi()
-        self.server_header = settings["server.serverHeader"]
+        options = view(WorkerSettings, settings)
+        self.server_header = options.server_header
         gunicorn_wsgi.SERVER = self.server_header
-        self.error_pages = ErrorPages(settings["server.staticDir"])
+        self.error_pages = ErrorPages(options.static_dir)
         if settings["https.bind"]:
             # Only where HTTPS is served: cryptography adds ~10 MiB to a worker.
             from cjs_proxy.lifecycle.tls import listener_contexts

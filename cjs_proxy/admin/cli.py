@@ -15,6 +15,7 @@ import redis
 from cjs_proxy import config
 from cjs_proxy.admin.active_health import HealthChecker, ProbeSettings
 from cjs_proxy.admin.store import AdminStore
+from cjs_proxy.config.views import CheckerSettings, view
 from cjs_proxy.lifecycle.embedded import find_redis_server
 from cjs_proxy.lifecycle.tlspolicy import tls_policy
 from cjs_proxy.pipeline.redis_keys import split_driver_url
@@ -109,12 +110,12 @@ def cmd_health_check(args: argparse.Namespace) -> int:
     """Run the active health checker (``--rounds N`` for a bounded run)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [health-check] %(levelname)s %(message)s")
     settings = config.load_settings(args.config)
-    probe_settings = ProbeSettings(path=settings["healthCheck.path"], timeout=settings["healthCheck.timeout"])
-    interval = settings["healthCheck.interval"]
+    options = view(CheckerSettings, settings)
+    probe_settings = ProbeSettings(path=options.path, timeout=options.timeout)
     # Marks outlive a few missed rounds, never the checker itself.
-    dead_ttl = max(settings["server.deadBackendTTL"], int(3 * interval) + 1)
-    checker = HealthChecker(_store(args), probe_settings, interval, dead_ttl,
-                            concurrency=settings["healthCheck.concurrency"])
+    dead_ttl = max(options.dead_ttl, int(3 * options.interval) + 1)
+    checker = HealthChecker(_store(args), probe_settings, options.interval, dead_ttl,
+                            concurrency=options.concurrency)
     checker.run_forever(rounds=args.rounds)
     return 0
 

@@ -25,6 +25,7 @@ import sys
 from typing import Any
 
 from cjs_proxy import config
+from cjs_proxy.config.views import ProcessSettings, view
 from cjs_proxy.lifecycle import handover, monitoring, privileges
 from cjs_proxy.lifecycle.embedded import EmbeddedRedis, EmbeddedRedisError, find_redis_server
 from cjs_proxy.lifecycle.tlspolicy import tls_policy
@@ -65,15 +66,16 @@ def _values_from_file(environ: dict[str, str]) -> dict[str, Any]:
     config.check_files(settings)
     for warning in tls_policy(settings).warnings:  # here, once: not in every worker
         sys.stderr.write(f"cjs-proxy: warning: {settings.path}: {warning}\n")
+    processes = view(ProcessSettings, settings)
     values: dict[str, Any] = {
         "bind": config.listen_addresses(settings),
-        "workers": settings["server.workers"],
+        "workers": processes.workers,
         "worker_class": WORKER_CLASS,
-        "worker_connections": settings["server.workerConnections"],
-        "keepalive": settings["server.keepAliveTimeout"],
-        "graceful_timeout": settings["server.gracefulTimeout"],
-        "max_requests": settings["server.maxRequests"],
-        "max_requests_jitter": settings["server.maxRequestsJitter"],
+        "worker_connections": processes.worker_connections,
+        "keepalive": processes.keep_alive_timeout,
+        "graceful_timeout": processes.graceful_timeout,
+        "max_requests": processes.max_requests,
+        "max_requests_jitter": processes.max_requests_jitter,
         "timeout": 30,
         "proc_name": "cjs-proxy",
         "accesslog": None,  # the proxy writes its own, with vhost and upstream fields

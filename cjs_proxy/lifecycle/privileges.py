@@ -75,7 +75,7 @@ def required_paths(settings: config.Settings) -> list[tuple[str, str, int]]:
     wanted += [("the installed Python packages", _origin(name), os.R_OK)
                for name in ("gunicorn", "gevent", "requests", "redis", "yaml")]
     wanted += [
-        ("cjs-proxy", str(Path(config.__file__).with_name("wsgi.py")), os.R_OK),
+        ("cjs-proxy", str(Path(config.__file__).parent.with_name("wsgi.py")), os.R_OK),
         ("cjs-proxy", _origin("workers.gevent_proxy"), os.R_OK),
         ("the config file", settings.path, os.R_OK),
     ]

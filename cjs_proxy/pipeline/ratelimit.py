@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cjs_proxy import config
+from cjs_proxy.config.views import LimiterSettings, view
 from cjs_proxy.eventlog import EventLog
 from cjs_proxy.exceptions import LimiterUnavailable, RateLimited
 from cjs_proxy.pipeline.router import Route
@@ -108,9 +109,10 @@ class RateLimiter:
     """One worker's view of the configured limits."""
 
     def __init__(self, settings: config.Settings, clock: Callable[[], float] = time.monotonic) -> None:
-        self.enabled: bool = settings["rateLimit.enabled"]
-        self.fail_closed = settings["rateLimit.onError"] == "closed"
-        self.send_headers: bool = settings["rateLimit.headers"]
+        options = view(LimiterSettings, settings)
+        self.enabled = options.enabled
+        self.fail_closed = options.on_error == "closed"
+        self.send_headers = options.headers
         self._limits = encode_limits(settings)
         self.events = EventLog(log, clock)
 

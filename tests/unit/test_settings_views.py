@@ -9,7 +9,7 @@ import typing
 import pytest
 
 from cjs_proxy import config
-from cjs_proxy.settings_views import ALL_VIEWS, keys_of, setting, view
+from cjs_proxy.config.views import ALL_VIEWS, keys_of, setting, view
 
 DEFAULTS = config.parse_settings({})
 

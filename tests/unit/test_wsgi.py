@@ -18,6 +18,7 @@ import pytest
 from gunicorn.workers.base_async import ALREADY_HANDLED
 
 from cjs_proxy import config
+from cjs_proxy.config.views import ProxySettings, view
 from cjs_proxy.exceptions import (
     BackendBusy,
     BackendClosed,
@@ -36,6 +37,7 @@ from cjs_proxy.pipeline.accesslog import AccessEntry
 from cjs_proxy.pipeline.error_pages import ErrorPages
 from cjs_proxy.pipeline.http1 import UpstreamBroken
 from cjs_proxy.pipeline.passive_health import Backend
+from cjs_proxy.pipeline.redirect import https_redirect_port
 from cjs_proxy.pipeline.router import Route
 from cjs_proxy.pipeline.store import Frontend
 from cjs_proxy.pipeline.upstream import RequestBody
@@ -225,8 +227,9 @@ class Pipeline:
         self.health = FakeHealth()
         self.upstream = upstream or FakeUpstream()
         self.access_log = FakeAccessLog()
-        self.app = ProxyApp(self.settings, self.router, self.limiter, self.health, self.upstream,  # type: ignore[arg-type]
-                            ErrorPages(None), self.access_log)  # type: ignore[arg-type]
+        self.app = ProxyApp(view(ProxySettings, self.settings), self.router, self.limiter,  # type: ignore[arg-type]
+                            self.health, self.upstream, ErrorPages(None), self.access_log,  # type: ignore[arg-type]
+                            https_port=https_redirect_port(self.settings))
 
     def request(self, method: str = "GET", target: str = "/path?q=1", host: str | None = HOST,
                 body: bytes = b"", **extra: Any) -> tuple[StartResponse, bytes]:

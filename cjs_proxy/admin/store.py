@@ -12,7 +12,7 @@ from pathlib import Path
 import redis
 
 from cjs_proxy.pipeline.redis_keys import CHECKER_PING_KEY, DEAD_CHANNEL, KeySpace, dead_message
-from cjs_proxy.pipeline.store import LuaScript, connect
+from cjs_proxy.pipeline.store import LuaScript, connect_pair
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 #: Hosts per pipelined round trip when the checker reads or writes every frontend.
@@ -31,9 +31,7 @@ class AdminStore:
     @classmethod
     def from_urls(cls, read_url: str, write_url: str, timeout: float,
                   max_connections: int) -> AdminStore:
-        reader, prefix = connect(read_url, timeout, max_connections)
-        writer = reader if write_url == read_url else connect(write_url, timeout, max_connections)[0]
-        return cls(reader, writer, prefix)
+        return cls(*connect_pair(read_url, write_url, timeout, max_connections))
 
     # Active health checks (``cjs-proxy health-check``).
 

@@ -79,6 +79,14 @@ def connect(url: str, timeout: float, max_connections: int) -> tuple[redis.Redis
     return redis.Redis(connection_pool=pool), prefix
 
 
+def connect_pair(read_url: str, write_url: str, timeout: float,
+                 max_connections: int) -> tuple[redis.Redis, redis.Redis, str]:
+    """(reader, writer, prefix) for Hipache's read/write driver pair; one client when they are the same."""
+    reader, prefix = connect(read_url, timeout, max_connections)
+    writer = reader if write_url == read_url else connect(write_url, timeout, max_connections)[0]
+    return reader, writer, prefix
+
+
 class RouteStore:
     """What a request needs from Redis: its route (with its limits) and, on failure, a dead mark."""
 
@@ -95,9 +103,7 @@ class RouteStore:
     @classmethod
     def from_urls(cls, read_url: str, write_url: str, timeout: float,
                   max_connections: int) -> RouteStore:
-        reader, prefix = connect(read_url, timeout, max_connections)
-        writer = reader if write_url == read_url else connect(write_url, timeout, max_connections)[0]
-        return cls(reader, writer, prefix)
+        return cls(*connect_pair(read_url, write_url, timeout, max_connections))
 
     def lookup(self, candidates: list[str], host: str,
                limit_args: tuple[str, ...] | None = None) -> tuple[Frontend, LimitAnswer | None] | None:

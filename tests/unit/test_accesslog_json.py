@@ -6,7 +6,6 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,15 +24,6 @@ def entry(**overrides: object) -> AccessEntry:
         upstream_time=0.01, request_id="abc123", started=971185536.25, limit="allowed")
     values.update(overrides)
     return AccessEntry(**values)  # type: ignore[arg-type]
-
-
-@pytest.fixture()
-def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
 
 
 def test_json_line_exact(utc: None) -> None:

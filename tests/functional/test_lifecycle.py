@@ -49,8 +49,6 @@ TIMEOUT = ANSWER_TIMEOUT
 BLOCK = PATTERN * 16  # 1 MiB
 
 
-
-
 class Stream:
     """Client threads, each with its own keep-alive session, sending GETs through the proxy.
 
@@ -256,8 +254,6 @@ def test_sighup_under_load_applies_the_new_config_with_no_failed_request(make_pr
     assert after_reload and None not in after_reload, "server.debug: true not in effect after SIGHUP"
     assert set(after_reload) <= set(map(str, proxy.worker_pids()))
     assert proxy.alive()
-
-
 
 
 def test_embedded_store_survives_sighup_and_stops_with_the_proxy(tmp_path, data_dir, backends, host):

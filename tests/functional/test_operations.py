@@ -24,11 +24,7 @@ def get(proxy: Proxy, host: str, path: str = "/echo", **headers: str) -> request
                         timeout=TIMEOUT)
 
 
-
-
 # -------------------------------------------------------------- embedded store
-
-
 
 
 def cli(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -10,11 +10,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+
+from cjs_proxy.boundedcache import BoundedCache
 
 #: Seconds between two log lines for the same key.
 LOG_INTERVAL = 10.0
-#: Keys remembered at most; past this the memory starts over (keys often name hosts).
+#: Keys remembered at most; past this the least recently seen is forgotten (keys often name hosts).
 MAX_KEYS = 10_000
+
+
+@dataclass
+class Seen:
+    """One key's count so far, and when it was last logged."""
+
+    count: int = 0
+    logged_at: float = -LOG_INTERVAL
 
 
 class EventLog:
@@ -23,15 +34,15 @@ class EventLog:
     def __init__(self, logger: logging.Logger, clock: Callable[[], float] = time.monotonic) -> None:
         self.logger = logger
         self.clock = clock
-        self.counts: dict[str, int] = {}
-        self._logged: dict[str, float] = {}
+        #: Count and last line per key, in one bounded mapping so both are forgotten together.
+        self.seen: BoundedCache[str, Seen] = BoundedCache(MAX_KEYS)
 
     def record(self, key: str, message: str, level: int = logging.WARNING) -> None:
-        if key not in self.counts and len(self.counts) >= MAX_KEYS:
-            self.counts.clear()
-            self._logged.clear()
-        self.counts[key] = self.counts.get(key, 0) + 1
+        seen = self.seen.get(key)
+        if seen is None:
+            seen = self.seen[key] = Seen()
+        seen.count += 1
         now = self.clock()
-        if now - self._logged.get(key, -LOG_INTERVAL) >= LOG_INTERVAL:
-            self._logged[key] = now
-            self.logger.log(level, "%s (%d so far in this worker)", message, self.counts[key])
+        if now - seen.logged_at >= LOG_INTERVAL:
+            seen.logged_at = now
+            self.logger.log(level, "%s (%d so far in this worker)", message, seen.count)

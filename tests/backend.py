@@ -28,6 +28,9 @@ def pattern_bytes(n: int) -> bytes:
 
 
 _connection_ids = itertools.count(1)
+#: Tags of the ``/slow?tag=...`` requests being served: ``/under-way?tag=...`` tells a
+#: test that its request has reached the backend, so it never sleeps to guess.
+_slow_under_way: set[str] = set()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -184,8 +187,17 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_slow(self, args: list[str], query: dict[str, str]) -> None:
         self.read_body()
-        time.sleep(float(query.get("delay", "1")))
+        tag = query.get("tag", "")
+        _slow_under_way.add(tag)
+        try:
+            time.sleep(float(query.get("delay", "1")))
+        finally:
+            _slow_under_way.discard(tag)
         self.send(200, b"slow\n")
+
+    def do_under_way(self, args: list[str], query: dict[str, str]) -> None:
+        """Whether a ``/slow`` request with this ``tag`` is being served right now."""
+        self.send(200, b"yes" if query.get("tag") in _slow_under_way else b"no")
 
     def do_drip(self, args: list[str], query: dict[str, str]) -> None:
         """A chunked body in timed pieces: a relay that buffers would deliver them late."""

@@ -13,8 +13,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import yaml
@@ -22,6 +23,31 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 GUNICORN_CONF = ROOT / "etc" / "gunicorn.py"
 BACKEND_SCRIPT = ROOT / "tests" / "backend.py"
+
+#: Seconds a wait for a condition may last before the test fails. Generous on purpose:
+#: CI may share its cores, and a process starting, a worker booting or a reload can take
+#: many times longer on a loaded machine than on an idle one. A wait returns as soon as
+#: its condition holds, so the bound costs nothing when all is well.
+WAIT = 90.0
+#: Seconds one request may take before the test gives it up: a safety net against a
+#: hang, never what a test measures.
+ANSWER_TIMEOUT = 30.0
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T], what: str, timeout: float = WAIT, interval: float = 0.05) -> T:
+    """Poll ``check`` until it returns something true, and return that.
+
+    Every synchronisation in the suite goes through a condition like this one, never a
+    fixed sleep: how fast a process starts or a signal is handled depends on the machine.
+    """
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(interval)
+    return result
 
 
 def free_port() -> int:
@@ -86,7 +112,7 @@ class Process:
         if self.alive():
             os.kill(self.pid, sig)
 
-    def stop(self, sig: int = signal.SIGTERM, grace: float = 10.0) -> int:
+    def stop(self, sig: int = signal.SIGTERM, grace: float = WAIT) -> int:
         if self.alive():
             os.kill(self.pid, sig)
             try:
@@ -97,7 +123,8 @@ class Process:
         self.log_file.close()
         return self.proc.returncode
 
-    def wait_until(self, check: Any, timeout: float = 15.0, what: str = "process") -> None:
+    def wait_until(self, check: Callable[[], object], timeout: float = WAIT, what: str = "process") -> None:
+        """Poll ``check`` while the process lives; if it exits or the time is up, stop it and fail."""
         deadline = time.monotonic() + timeout
         while not check():
             if not self.alive():

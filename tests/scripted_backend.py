@@ -32,9 +32,10 @@ import itertools
 import socket
 import struct
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from tests.harness import WAIT, wait_for
 
 #: Seconds any backend socket waits for the proxy before giving up on it.
 SOCKET_TIMEOUT = 30.0
@@ -155,9 +156,9 @@ class ScriptedBackend:
         with self._lock:
             return [r for r in self.received if path in (r.target, r.path)]
 
-    def wait_for_request(self, path: str, timeout: float = 15.0) -> Received:
+    def wait_for_request(self, path: str, timeout: float = WAIT) -> Received:
         """The first request for ``path``, waiting for it (the proxy may still be sending)."""
-        wait_until(lambda: bool(self.requests_for(path)), timeout, f"backend request for {path}")
+        wait_for(lambda: bool(self.requests_for(path)), f"backend request for {path}", timeout, interval=0.02)
         return self.requests_for(path)[0]
 
     def bytes_on(self, connection: int) -> bytes:
@@ -284,12 +285,3 @@ class ScriptedBackend:
             if key in self.script:
                 return self.script[key]
         return ordinary_response
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    """Poll ``condition`` until true; generous by default, since the machine may be loaded."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not true after {timeout}s")
-        time.sleep(0.02)

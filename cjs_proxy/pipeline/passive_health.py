@@ -25,13 +25,15 @@ import time
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
+from cjs_proxy.boundedcache import BoundedCache
 from cjs_proxy.eventlog import EventLog
 from cjs_proxy.exceptions import InvalidFrontend, NoLiveBackend
 from cjs_proxy.pipeline.router import Route
 from cjs_proxy.pipeline.store import RouteStore, StoreError
 
 log = logging.getLogger("cjs_proxy.pipeline.passive_health")
-#: Backends whose failure streak a worker remembers; past this the oldest streak is forgotten.
+#: Backends whose failure streak a worker remembers; past this the streak least recently
+#: added to is forgotten.
 FAILURE_STREAKS_MAX = 4096
 #: Malformed backend URLs named in one log line; longer URLs are cut at ``SHOWN_CHARS``.
 MAX_SHOWN = 3
@@ -115,7 +117,7 @@ class BackendHealth:
         self.rng = rng or random.Random()
         self.events = EventLog(log, clock)
         #: Failures in a row per (requested host, backend URL); only backends on a streak are kept.
-        self.streaks: dict[tuple[str, str], int] = {}
+        self.streaks: BoundedCache[tuple[str, str], int] = BoundedCache(FAILURE_STREAKS_MAX)
 
     def choose(self, route: Route, tried: Collection[str] = ()) -> Backend:
         if route.unusable and not tried:  # once per request, not once per retry
@@ -157,8 +159,6 @@ class BackendHealth:
         if count >= self.dead_after:
             self.mark_dead(route, backend, reason)
             return
-        if len(self.streaks) >= FAILURE_STREAKS_MAX:
-            del self.streaks[next(iter(self.streaks))]  # the oldest streak: bounded memory
         self.streaks[key] = count
         self.events.record(f"failing:{route.host};{backend.url}",
                            f"{route.host}: backend #{backend.id} {backend.url} failed ({reason}), "

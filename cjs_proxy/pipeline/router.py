@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 
+from cjs_proxy.boundedcache import BoundedCache
 from cjs_proxy.exceptions import InvalidHost, StoreUnavailable, UnknownHost
 from cjs_proxy.pipeline.invalidation import InvalidationFeed
 from cjs_proxy.pipeline.store import Frontend, LimitAnswer, RouteStore, StoreError
@@ -25,7 +26,8 @@ log = logging.getLogger("cjs_proxy.pipeline.router")
 
 #: Longest wildcard suffix tried, in labels (Hipache's bound).
 MAX_WILDCARD_LABELS = 5
-#: Hosts whose last good route is remembered for when Redis is unreachable.
+#: Hosts whose last good route is remembered for when Redis is unreachable (and hosts
+#: in the route cache); past this the least recently used is forgotten.
 STALE_ROUTES_MAX = 10_000
 
 _LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
@@ -144,8 +146,7 @@ class RouteCache:
 
     def __init__(self, feed: InvalidationFeed, max_entries: int = STALE_ROUTES_MAX) -> None:
         self.feed = feed
-        self.max_entries = max_entries
-        self.entries: dict[str, Route] = {}
+        self.entries: BoundedCache[str, Route] = BoundedCache(max_entries)
         self.generation = 0
 
     def get(self, host: str) -> Route | None:
@@ -157,8 +158,6 @@ class RouteCache:
         self._sync()
         if generation != self.generation:
             return
-        if len(self.entries) >= self.max_entries:
-            self.entries.clear()
         self.entries[route.host] = route
 
     def _sync(self) -> None:
@@ -180,7 +179,7 @@ class Router:
         self.stale_ttl = stale_ttl
         self.clock = clock
         self.cache = cache
-        self._last_good: dict[str, tuple[Route, float]] = {}
+        self._last_good: BoundedCache[str, tuple[Route, float]] = BoundedCache(STALE_ROUTES_MAX)
 
     def resolve(self, host: str, limit_args: tuple[str, ...] | None = None) -> Route:
         """The host's route; with ``limit_args``, rate limits are applied in the same call."""
@@ -205,12 +204,8 @@ class Router:
         return route
 
     def _remember(self, route: Route) -> None:
-        if self.stale_ttl <= 0:
-            return
-        last_good = self._last_good
-        if route.host not in last_good and len(last_good) >= STALE_ROUTES_MAX:
-            del last_good[next(iter(last_good))]
-        last_good[route.host] = (route, self.clock())
+        if self.stale_ttl > 0:
+            self._last_good[route.host] = (route, self.clock())
 
     def _stale_route(self, host: str, error: StoreError) -> Route:
         remembered = self._last_good.get(host)

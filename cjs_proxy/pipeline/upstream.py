@@ -25,6 +25,7 @@ from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.exceptions import ClosedPoolError, EmptyPoolError
 from urllib3.poolmanager import PoolManager
 
+from cjs_proxy.boundedcache import BoundedCache
 from cjs_proxy.exceptions import (
     BackendBusy,
     BackendClosed,
@@ -235,15 +236,15 @@ class Upstream:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.pool_timeout = connect_timeout
-        self._pools: dict[str, BackendPool] = {}
+        #: The session's pools by URL, found without asking it each time, as bounded as the
+        #: session's own (which closes its least recently used: ``send`` then takes a fresh one).
+        self._pools: BoundedCache[str, BackendPool] = BoundedCache(BACKEND_POOLS)
 
     def pool_for(self, backend_url: str) -> BackendPool:
         pool = self._pools.get(backend_url)
         if pool is None:
             adapter = cast(BackendAdapter, self.session.get_adapter(backend_url))
             pool = cast(BackendPool, adapter.poolmanager.connection_from_url(backend_url))
-            if len(self._pools) >= BACKEND_POOLS:
-                self._pools.clear()
             self._pools[backend_url] = pool
         return pool
 

@@ -25,18 +25,17 @@ from pathlib import Path
 import pytest
 
 from tests.functional.test_forwarding import RawConnection, header
-from tests.harness import ROOT, Process, Proxy, free_port, port_open
+from tests.harness import ANSWER_TIMEOUT, ROOT, Process, Proxy, free_port, port_open, wait_for
 from tests.scripted_backend import (
     OnSocket,
     Received,
     ScriptedBackend,
     ordinary_body,
     send_then_close,
-    wait_until,
 )
 
 #: Seconds a client socket waits for the proxy (generous: the machine may be loaded).
-TIMEOUT = 10
+TIMEOUT = ANSWER_TIMEOUT
 #: Seconds within which "nothing more arrives" is checked.
 QUIET = 1.0
 
@@ -193,7 +192,7 @@ def test_early_hints_from_a_real_gunicorn_backend(make_proxy, rdb, host, tmp_pat
     backend = Process([sys.executable, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}",
                        "--chdir", str(tmp_path), "hints_app:app"], tmp_path / "hints.log")
     try:
-        backend.wait_until(lambda: port_open(port), timeout=30, what="gunicorn early-hints backend")
+        backend.wait_until(lambda: port_open(port), what="gunicorn early-hints backend")
         rdb.rpush(f"frontend:{host}", "hints-app", f"http://127.0.0.1:{port}")
         proxy = make_proxy(server_maxSockets=1, server_workers=1)
         for client, path in (("A", "/hinted-a"), ("B", "/hinted-b")):
@@ -227,7 +226,7 @@ def test_content_length_beside_chunked_is_ignored_and_backend_connection_closed(
         # The client's own keep-alive connection is intact...
         second = own_response(one_socket, scripted, scripted_host, "/a-again", client=a)
     # ...but the backend connection that sent the ambiguous framing is not reused.
-    wait_until(lambda: scripted.connection_closed(first), what="backend connection of /cl-te closed")
+    wait_for(lambda: scripted.connection_closed(first), "backend connection of /cl-te closed")
     b = own_response(one_socket, scripted, scripted_host, "/b-after-cl-te")
     assert first not in (second.connection, b.connection)
 
@@ -376,7 +375,7 @@ def test_request_target_passes_byte_for_byte(proxy, scripted, scripted_host, tar
         a.get(scripted_host, target)
         status, _, _ = a.read_response()
     assert status == 200
-    wait_until(lambda: bool(scripted.received), what="request at the backend")
+    wait_for(lambda: bool(scripted.received), "request at the backend")
     assert scripted.received[0].request_line == f"GET {target} HTTP/1.1".encode()
 
 

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import requests
@@ -14,7 +13,7 @@ import trustme
 import yaml
 
 from cjs_proxy import config
-from tests.harness import GUNICORN_CONF, ROOT, Process, Proxy, free_port, port_open
+from tests.harness import ANSWER_TIMEOUT, GUNICORN_CONF, ROOT, Process, Proxy, free_port, port_open
 
 ETC = ROOT / "etc"
 
@@ -199,12 +198,8 @@ def test_proxy_started_with_settings_flavor_reads_flavor_file(tmp_path):
     proc = Process([sys.executable, "-m", "gunicorn", "-c", str(GUNICORN_CONF), "cjs_proxy.wsgi"],
                    tmp_path / "proxy.log", env=env)
     try:
-        deadline = time.monotonic() + 15
-        while not port_open(port):
-            assert proc.alive(), proc.log()[-2000:]
-            assert time.monotonic() < deadline, proc.log()[-2000:]
-            time.sleep(0.05)
-        response = requests.get(f"http://127.0.0.1:{port}/", timeout=5,
+        proc.wait_until(lambda: port_open(port), what="proxy with the flavoured config")
+        response = requests.get(f"http://127.0.0.1:{port}/", timeout=ANSWER_TIMEOUT,
                                 headers={"Host": "__ping__", "Connection": "close"})
         assert response.status_code == 200 and response.text == "ok"
     finally:

@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from tests.harness import Backend, Proxy, free_port
+from tests.harness import ANSWER_TIMEOUT, Backend, Proxy, free_port, wait_for
 
 
 @pytest.fixture()
@@ -30,19 +30,14 @@ def one_worker_proxy(workdir, redis_server):
     started.stop()
 
 
-def wait_for_log(proxy, text, timeout=10.0):
+def wait_for_log(proxy, text):
     """The proxy's log lines holding ``text``, once there is at least one (polled)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = [line for line in proxy.log().splitlines() if text in line]
-        if lines or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.05)
+    return wait_for(lambda: [line for line in proxy.log().splitlines() if text in line], f"a log line with {text}")
 
 
 def get(proxy, host, path="/echo", **kwargs):
     return requests.get(f"{proxy.url}{path}", headers={"Host": host, **kwargs.pop("headers", {})},
-                        timeout=10, **kwargs)
+                        timeout=ANSWER_TIMEOUT, **kwargs)
 
 
 def run_health_check(config_path, rounds=1):
@@ -65,7 +60,7 @@ def test_killed_backend_costs_no_request_and_is_marked_dead(proxy, pair, rdb, ho
                 if stop.is_set():
                     return
                 try:
-                    response = session.get(f"{proxy.url}/echo", headers={"Host": host}, timeout=10)
+                    response = session.get(f"{proxy.url}/echo", headers={"Host": host}, timeout=ANSWER_TIMEOUT)
                     served.append(response.json()["server"])
                     if response.status_code != 200:
                         failures.append(str(response.status_code))
@@ -75,9 +70,10 @@ def test_killed_backend_costs_no_request_and_is_marked_dead(proxy, pair, rdb, ho
     threads = [threading.Thread(target=client) for _ in range(4)]
     for thread in threads:
         thread.start()
-    time.sleep(0.5)
+    wait_for(lambda: "left" in served, "an answer from the backend about to be killed")
     pair[0].stop()
-    time.sleep(1.0)
+    after_kill = len(served)
+    wait_for(lambda: len(served) >= after_kill + 40, "40 answers after the kill")
     stop.set()
     for thread in threads:
         thread.join(30)
@@ -115,7 +111,7 @@ def test_only_backend_down_answers_502_at_once_and_is_never_marked(proxy, rdb, h
     elapsed = time.monotonic() - started
     assert response.status_code == 502
     assert "<title>Application unavailable</title>" in response.text
-    assert elapsed < 1.0  # a refused connection is not waited on (tcpTimeout is 5 s here)
+    assert elapsed < 3.0  # a refused connection is not waited on (tcpTimeout is 5 s here)
     assert not rdb.exists(f"dead:{host}")
 
 
@@ -140,7 +136,7 @@ def test_backend_answers_that_mark_dead(proxy, backends, rdb, host, path, marked
 def test_unknown_method_answered_501_marks_nothing(proxy, backends, rdb, host):
     rdb.rpush(f"frontend:{host}", "app", backends[0].url, backends[1].url)
     for _ in range(6):  # Hipache marked one backend dead per request: two took the app down
-        response = requests.request("FOO", f"{proxy.url}/", headers={"Host": host}, timeout=10)
+        response = requests.request("FOO", f"{proxy.url}/", headers={"Host": host}, timeout=ANSWER_TIMEOUT)
         assert response.status_code == 501  # the backend's own answer, relayed
     assert not rdb.exists(f"dead:{host}")
     assert get(proxy, host).status_code == 200
@@ -174,7 +170,8 @@ def test_post_with_body_is_retried_when_the_connection_was_refused(proxy, backen
     dead_url = f"http://127.0.0.1:{free_port()}"
     rdb.rpush(f"frontend:{host}", "app", dead_url, backends[0].url)
     for _ in range(6):  # random choice: some of these meet the refused backend first
-        response = requests.post(f"{proxy.url}/echo", data=b"x" * 100_000, headers={"Host": host}, timeout=10)
+        response = requests.post(f"{proxy.url}/echo", data=b"x" * 100_000, headers={"Host": host},
+                                 timeout=ANSWER_TIMEOUT)
         assert response.status_code == 200
         assert response.json()["body_length"] == 100_000
 
@@ -254,9 +251,7 @@ def test_identifier_with_control_characters_is_escaped(one_worker_proxy, backend
     assert response.status_code == 200
     assert response.headers["x-debug-vhost"] == "app\\x0D\\x0AX-Injected: 1\\x07"
     assert "x-injected" not in response.headers
-    deadline = time.monotonic() + 10
-    while host not in one_worker_proxy.access_log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    lines = [line for line in one_worker_proxy.access_log.read_text().splitlines() if "X-Injected" in line]
+    lines = wait_for(lambda: [line for line in one_worker_proxy.access_log.read_text().splitlines()
+                              if "X-Injected" in line], "the access log line")
     assert len(lines) == 1 and lines[0].startswith("127.0.0.1 ")  # escaped, not a line of its own
     assert '"app\\x0D\\x0AX-Injected: 1\\x07"' in lines[0]

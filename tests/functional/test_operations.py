@@ -9,15 +9,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import requests
 
 from cjs_proxy.lifecycle.embedded import ping
-from tests.harness import ROOT, Proxy, RedisServer, port_open
+from tests.harness import ANSWER_TIMEOUT, ROOT, Proxy, RedisServer, port_open, wait_for
 
-TIMEOUT = 5
+TIMEOUT = ANSWER_TIMEOUT
 
 
 def get(proxy: Proxy, host: str, path: str = "/echo", **headers: str) -> requests.Response:
@@ -25,20 +24,7 @@ def get(proxy: Proxy, host: str, path: str = "/echo", **headers: str) -> request
                         timeout=TIMEOUT)
 
 
-def wait_for(check: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(0.05)
-
-
 # -------------------------------------------------------------- embedded store
-
-
 
 
 def cli(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -65,7 +51,7 @@ def test_embedded_store_lifecycle_and_persistence(tmp_path, data_dir, backends, 
     finally:
         first.stop()
     assert first.proc.returncode == 0, first.log()[-2000:]
-    wait_for(lambda: not ping(sock), 5, "embedded redis-server still answering after the proxy stopped")
+    wait_for(lambda: not ping(sock), "embedded redis-server still answering after the proxy stopped")
 
     second = Proxy(tmp_path / "second", None, embedded={"dataDir": str(data_dir)})
     try:
@@ -76,7 +62,7 @@ def test_embedded_store_lifecycle_and_persistence(tmp_path, data_dir, backends, 
         assert host in cli(second.config_path, "list").stdout
     finally:
         second.stop()
-    wait_for(lambda: not ping(sock), 5, "embedded redis-server still answering after the second stop")
+    wait_for(lambda: not ping(sock), "embedded redis-server still answering after the second stop")
 
 
 # ------------------------------------------------------------------ access log
@@ -103,7 +89,7 @@ def test_access_log_line_format(proxy, backends, rdb, host):
     marker = uuid.uuid4().hex
     response = get(proxy, host, f"/echo?m={marker}", Referer="http://ref.example/", **{"User-Agent": "log-agent/1"})
     assert response.status_code == 200
-    lines = wait_for(lambda: log_lines(proxy.access_log, marker), 5, "access log line")
+    lines = wait_for(lambda: log_lines(proxy.access_log, marker), "access log line")
     assert len(lines) == 1, lines
     match = LINE.match(lines[0])
     assert match, lines[0]
@@ -124,7 +110,7 @@ def test_access_log_line_format(proxy, backends, rdb, host):
 def test_access_log_line_for_proxy_errors(proxy, rdb, host):
     marker = uuid.uuid4().hex
     assert get(proxy, host, f"/?m={marker}").status_code == 400
-    lines = wait_for(lambda: log_lines(proxy.access_log, marker), 5, "access log line")
+    lines = wait_for(lambda: log_lines(proxy.access_log, marker), "access log line")
     match = LINE.match(lines[0])
     assert match, lines[0]
     assert (match["status"], match["vhost"], match["upstream"], match["backend"]) == ("400", "-", "-", "-")
@@ -135,29 +121,36 @@ def test_sigusr1_reopens_access_log(proxy, backends, rdb, host):
     log = proxy.access_log
     rotated = log.with_name(f"access.log.{uuid.uuid4().hex[:6]}")
 
-    def request(marker: str) -> None:
-        assert get(proxy, host, f"/echo?m={marker}").status_code == 200
+    def request(marker: str) -> str:
+        """Send a request marked ``marker``; the worker that answered it."""
+        response = get(proxy, host, f"/echo?m={marker}", **{"X-Debug": "1"})
+        assert response.status_code == 200
+        return response.headers["x-debug-worker"]
 
     before = uuid.uuid4().hex
     request(before)
-    wait_for(lambda: log_lines(log, before), 5, "line before rotation")
+    wait_for(lambda: log_lines(log, before), "line before rotation")
     log.rename(rotated)
     try:
         proxy.send_signal(signal.SIGUSR1)
 
-        def reopened() -> bool:
-            marker = uuid.uuid4().hex
-            request(marker)
-            time.sleep(0.05)
-            return bool(log_lines(log, marker))
+        reopened: set[str] = set()
 
-        wait_for(reopened, 5, "no line in a fresh access.log after SIGUSR1")
-        time.sleep(0.2)  # the other worker got the same signal at the same time
+        def every_worker_reopened() -> bool:
+            """One more request: its worker has reopened if its line lands in the new file."""
+            marker = uuid.uuid4().hex
+            worker = request(marker)
+            wait_for(lambda: log_lines(log, marker) or log_lines(rotated, marker), "the request's log line")
+            if log_lines(log, marker):
+                reopened.add(worker)
+            return reopened >= {str(pid) for pid in proxy.worker_pids()}
+
+        wait_for(every_worker_reopened, "a line from every worker in a fresh access.log after SIGUSR1")
         # Every worker has reopened: new requests land in the new file only.
         markers = [uuid.uuid4().hex for _ in range(20)]
         for marker in markers:
             request(marker)
-        wait_for(lambda: all(log_lines(log, m) for m in markers), 5, "all lines in the new file")
+        wait_for(lambda: all(log_lines(log, m) for m in markers), "all lines in the new file")
         assert not any(log_lines(rotated, m) for m in markers)
         assert log_lines(rotated, before)
     finally:

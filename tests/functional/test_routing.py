@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from tests.harness import ROOT, free_port, raw_request
+from tests.harness import ANSWER_TIMEOUT, ROOT, free_port, raw_request
 
-TIMEOUT = 5
+TIMEOUT = ANSWER_TIMEOUT
 
 
 def get(proxy, host, path="/echo", **headers):

@@ -20,9 +20,9 @@ import requests
 import urllib3
 
 from tests.backend import PATTERN
-from tests.harness import rss_kib
+from tests.harness import ANSWER_TIMEOUT, rss_kib
 
-TIMEOUT = 10
+TIMEOUT = ANSWER_TIMEOUT
 BIG = 100 * 1024 * 1024
 #: What the proxy worker may grow by while relaying BIG bytes.
 RSS_BUDGET_KIB = 30 * 1024
@@ -178,11 +178,12 @@ def test_big_download_is_byte_identical_in_flat_memory(proxy, route, big_sha256,
 
 
 def test_response_streams_without_buffering(proxy, route):
-    """Pieces sent 0.5 s apart reach the client 0.5 s apart, not all at the end."""
+    """Pieces sent 1 s apart reach the client about 1 s apart, not all at the end (a second of
+    slack for a loaded machine: buffered, they would arrive together after the last was sent)."""
     arrivals: list[float] = []
     sent: list[float] = []
     text = ""
-    with requests.get(f"{proxy.url}/drip?count=3&interval=0.5", headers={"Host": route},
+    with requests.get(f"{proxy.url}/drip?count=3&interval=1", headers={"Host": route},
                       timeout=TIMEOUT, stream=True) as response:
         assert response.status_code == 200
         for chunk in response.iter_content(chunk_size=None):
@@ -194,14 +195,14 @@ def test_response_streams_without_buffering(proxy, route):
         assert found, f"unexpected piece {line!r}"
         sent.append(float(found.group(1)))
     assert len(sent) == 3
-    assert arrivals[0] < sent[-1] - 0.5, "the first piece arrived only after the last was sent"
-    assert arrivals[-1] - arrivals[0] > 0.7, f"pieces arrived together: {arrivals}"
+    assert arrivals[0] < sent[-1] - 1.0, "the first piece arrived only after the last was sent"
+    assert arrivals[-1] - arrivals[0] > 1.0, f"pieces arrived together: {arrivals}"
 
 
 # ------------------------------------------------------------ broken backend
 
 
-def _read_until_close(port: int, request: bytes, deadline: float = 5.0) -> tuple[bytes, bool]:
+def _read_until_close(port: int, request: bytes, deadline: float = ANSWER_TIMEOUT) -> tuple[bytes, bool]:
     """Everything the server sends, and whether it closed before ``deadline``."""
     data = b""
     end = time.monotonic() + deadline

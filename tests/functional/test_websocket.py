@@ -11,9 +11,12 @@ import pytest
 import websocket
 import websockets
 
+from tests.harness import ANSWER_TIMEOUT, wait_for
+
 
 def connect(proxy, host, path="/echo", **kwargs):
-    return websocket.create_connection(f"ws://127.0.0.1:{proxy.port}{path}", host=host, timeout=10, **kwargs)
+    return websocket.create_connection(f"ws://127.0.0.1:{proxy.port}{path}", host=host, timeout=ANSWER_TIMEOUT,
+                                       **kwargs)
 
 
 @pytest.fixture()
@@ -73,14 +76,9 @@ def test_backend_closing_first_ends_the_tunnel_and_logs_it(proxy, ws_host):
     opcode, _ = ws.recv_data(control_frame=True)
     assert opcode == websocket.ABNF.OPCODE_CLOSE
     ws.shutdown()  # websocket-client's close() keeps the socket once the peer closed
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        lines = [line for line in proxy.access_log.read_text().splitlines()
-                 if '"ws-app"' in line and "/close-first" in line]
-        if lines:
-            break
-        time.sleep(0.05)
-    assert lines and '" 101 ' in lines[0] and " ws=" in lines[0]
+    lines = wait_for(lambda: [line for line in proxy.access_log.read_text().splitlines()
+                              if '"ws-app"' in line and "/close-first" in line], "the tunnel's access log line")
+    assert '" 101 ' in lines[0] and " ws=" in lines[0]
 
 
 def test_client_closing_first_ends_the_tunnel(proxy, ws_host):
@@ -88,14 +86,9 @@ def test_client_closing_first_ends_the_tunnel(proxy, ws_host):
     ws.send("x" * 1000)
     assert ws.recv() == "x" * 1000
     ws.close()
-    deadline = time.monotonic() + 5
     pattern = re.compile(r'"GET /echo HTTP/1.1" 101 \d+ .* ws=(\d+)/(\d+) ')
-    found = None
-    while found is None and time.monotonic() < deadline:
-        found = next((m for m in map(pattern.search, proxy.access_log.read_text().splitlines())
-                      if m and int(m.group(1)) >= 1000), None)
-        time.sleep(0.05)
-    assert found is not None
+    wait_for(lambda: next((m for m in map(pattern.search, proxy.access_log.read_text().splitlines())
+                           if m and int(m.group(1)) >= 1000), None), "the tunnel's access log line")
 
 
 def test_refused_upgrade_is_relayed_as_a_normal_response(proxy, rdb, backends, host):

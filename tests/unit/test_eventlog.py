@@ -36,4 +36,18 @@ def test_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     events = EventLog(logging.getLogger("test.events"), Clock())
     for i in range(10):
         events.record(f"host{i}", "x")
-    assert len(events.counts) <= 3
+    assert len(events.seen) <= 3
+
+
+def test_past_the_bound_a_repeating_event_keeps_its_count(monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(eventlog, "MAX_KEYS", 3)
+    clock = Clock()
+    events = EventLog(logging.getLogger("test.events"), clock)
+    with caplog.at_level(logging.INFO, "test.events"):
+        for i in range(10):
+            events.record("busy", "busy")  # seen between every new key: never the one forgotten
+            events.record(f"host{i}", "x")
+        clock.now += eventlog.LOG_INTERVAL
+        events.record("busy", "busy")
+    assert caplog.records[-1].getMessage() == "busy (11 so far in this worker)"

@@ -268,6 +268,18 @@ def test_stale_routes_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert router.resolve("d.example").host == "d.example"
 
 
+def test_stale_routes_keep_the_hosts_still_in_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(router_module, "STALE_ROUTES_MAX", 3)
+    store = FakeStore(frontend())
+    router = make_router(store)
+    for name in ("a", "b", "c", "a", "d"):  # a is requested again before d arrives
+        router.resolve(f"{name}.example")
+    store.answer = StoreError("down")
+    with pytest.raises(StoreUnavailable):
+        router.resolve("b.example")  # the least recently used was dropped
+    assert router.resolve("a.example").stale
+
+
 # ------------------------------------------------------------------- route cache
 
 
@@ -341,6 +353,16 @@ def test_a_change_noticed_while_storing_still_empties_the_cache() -> None:
     router.resolve("a.example")
     router.resolve("b.example")
     assert [host for _, host in store.calls] == ["b.example", "a.example", "b.example"]
+
+
+def test_a_full_cache_forgets_only_the_least_recently_used_host() -> None:
+    store = FakeStore(frontend())
+    router = Router(store, 60, clock=FakeClock(), cache=RouteCache(FakeFeed(), max_entries=2))  # type: ignore[arg-type]
+    for name in ("a", "b", "a", "c"):  # a is served from the cache before c arrives
+        router.resolve(f"{name}.example")
+    router.resolve("a.example")
+    router.resolve("b.example")
+    assert [host for _, host in store.calls] == ["a.example", "b.example", "c.example", "b.example"]
 
 
 # ------------------------------------------------------------------ backend URLs

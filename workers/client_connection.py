@@ -57,6 +57,11 @@ class ClientConnection:
         #: Set when the answer was given before the body was read: ``linger`` before closing.
         self.must_linger = False
 
+    @property
+    def wrapped(self) -> Any:
+        """The real socket (TLS or not)."""
+        return self.sock
+
     def recv(self, size: int, *flags: int) -> bytes:
         if self.phase == "request":
             return self.sock.recv(min(size, BODY_RECV_SIZE), *flags)

@@ -69,6 +69,14 @@ class ClientClosedRequest(ProxyError):
     reason = "Client closed the request"
 
 
+class RequestTimeout(ProxyError):
+    """The client stopped sending its body for ``server.bodyTimeout`` seconds (nginx's
+    ``client_body_timeout``): answered 408, and its connection, like the backend's, closed."""
+
+    status = 408
+    reason = "The request body stopped arriving"
+
+
 class NoLiveBackend(ProxyError):
     """The frontend exists but lists no backend we can use."""
 

@@ -18,6 +18,7 @@ only when the application reads the body, i.e. after routing and limits.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import ssl
@@ -28,14 +29,16 @@ from typing import TYPE_CHECKING, Any
 import gevent
 from gunicorn import util
 from gunicorn.http import wsgi as gunicorn_wsgi
+from gunicorn.workers.base_async import ALREADY_HANDLED
 from gunicorn.workers.ggevent import GeventWorker
 
 from cjs_proxy import config
-from cjs_proxy.config.views import WorkerSettings, view
+from cjs_proxy.config.views import ClientLimits, WorkerSettings, view
 from cjs_proxy.lifecycle import handover, privileges
 from cjs_proxy.lifecycle.watchdog import MemoryWatchdog, rss_bytes
 from cjs_proxy.pipeline.error_pages import ErrorPages
 from cjs_proxy.pipeline.metrics import FLUSH_INTERVAL, NoMetrics
+from workers.client_connection import ClientBody, ClientConnection, ContinueOnRead
 
 if TYPE_CHECKING:  # imported for real only in load_wsgi: after gevent's monkeypatching
     from cjs_proxy.wsgi import ProxyApp
@@ -44,7 +47,6 @@ if TYPE_CHECKING:  # imported for real only in load_wsgi: after gevent's monkeyp
 HANDSHAKE_TIMEOUT = 10.0
 #: What the plain-text fallback page says of a request gunicorn's parser rejected.
 UNREADABLE_REQUEST = "the request could not be read"
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class HeldAnswer:
@@ -81,67 +83,6 @@ class HeldAnswer:
         return None
 
 
-class ContinueOnRead:
-    """The body (``wsgi.input``) of an ``Expect: 100-continue`` request, sending ``100
-    Continue`` on the first read instead of as soon as the head is parsed.
-
-    gunicorn sends it in ``gunicorn.http.wsgi.create`` when the parser set
-    ``req._expected_100_continue``; clearing that flag before and wrapping ``req.body``
-    moves it to when the application first reads the body: after routing, the Host
-    checks and the rate limits, so a client answered 400, 413 or 429 never sends its body.
-
-    Until the client has been told to go on, the connection is marked to close after the
-    response: the client may or may not send the body it withheld, so where the next
-    request would start is unknown (RFC 9110 10.1.1). Once ``100 Continue`` is sent, the
-    request's own keep-alive decision is restored.
-    """
-
-    def __init__(self, req: Any, sock: Any) -> None:
-        self.req = req
-        self.sock = sock
-        self.body = req.body
-        self.pending = True
-        self.close_after = req.must_close
-
-    @classmethod
-    def defer(cls, req: Any, sock: Any) -> ContinueOnRead | None:
-        """Take the ``100 Continue`` of ``req`` over from gunicorn, if it expects one."""
-        if not getattr(req, "_expected_100_continue", False) or req.body is None:
-            return None
-        req._expected_100_continue = False
-        if dict(req.headers).get("CONTENT-LENGTH") == "0":
-            return None  # nothing withheld: the final answer alone is enough
-        deferred = cls(req, sock)
-        req.body = deferred
-        req.force_close()
-        return deferred
-
-    def _go_on(self) -> None:
-        if self.pending:
-            self.pending = False
-            self.sock.sendall(CONTINUE)
-            self.req.must_close = self.close_after
-
-    def read(self, size: int | None = None) -> bytes:
-        self._go_on()
-        return self.body.read(size)
-
-    def readline(self, size: int | None = None) -> bytes:
-        self._go_on()
-        return self.body.readline(size)
-
-    def readlines(self, size: int | None = None) -> list[bytes]:
-        self._go_on()
-        return self.body.readlines(size)
-
-    def __iter__(self) -> Any:
-        self._go_on()
-        return iter(self.body)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.body, name)
-
-
 class ProxyWorker(GeventWorker):
     """gunicorn's ``gevent`` worker; the application is built by ``cjs_proxy.wsgi``.
 
@@ -168,9 +109,12 @@ class ProxyWorker(GeventWorker):
     error_pages = ErrorPages(None)
     #: ``server.serverHeader``, for the answers the worker writes itself.
     server_header = "cjs-proxy"
+    #: The clocks and head budget of client connections (``ClientConnection``), set in ``load_wsgi``.
+    client_limits: ClientLimits | None = None
     # Set by gunicorn's Worker (untyped): declared so the uses below are checked.
     max_requests: int
     retire_after: int
+    wsgi: Any
     alive: bool
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -272,12 +216,45 @@ class ProxyWorker(GeventWorker):
         """
         if self.requests_per_connection and req.req_number >= self.requests_per_connection:
             req.force_close()
+        conn = sock if isinstance(sock, ClientConnection) else None
+        if conn is not None:
+            conn.request_started()
         ContinueOnRead.defer(req, sock)
+        ClientBody.track(req)
         try:
             super().handle_request(listener_name, req, sock, addr)
+        except StopIteration:  # the connection closes after this answer
+            if conn is not None and conn.must_linger:
+                conn.linger()
+            raise
+        except TimeoutError:  # a write waited server.sendTimeout: the backend side is closed already
+            self.log.debug("closing client connection %s: response left unread (server.sendTimeout)", addr)
+            raise StopIteration from None
         finally:
+            if conn is not None:
+                conn.request_ended()
             if self.nr >= self.retire_after:
                 self.retire(f"served {self.nr} requests (server.maxRequests)", "max_requests")
+
+    def _answer_and_time(self, app: Any) -> Any:
+        """The application, followed by the switch of the client's clock to ``server.sendTimeout``
+        and the close (and linger) of a connection whose request body was not read to its end."""
+        def serve(environ: dict[str, Any], start_response: Any) -> Any:
+            result = app(environ, start_response)
+            conn, body = environ.get("gunicorn.socket"), environ.get("wsgi.input")
+            if isinstance(conn, ClientConnection) and result is not ALREADY_HANDLED:
+                conn.response_started()
+                if isinstance(body, ClientBody):
+                    body.answered(conn)
+            return result
+
+        return serve
+
+    def timeout_ctx(self) -> contextlib.AbstractContextManager[None]:
+        """No ``gevent.Timeout`` around gunicorn's head reads: ``ClientConnection`` times each
+        read itself (the idle wait with ``server.keepAliveTimeout``, the head with
+        ``server.headerTimeout``), where gunicorn's one timer would cover both at once."""
+        return contextlib.nullcontext()
 
     def load_wsgi(self) -> None:
         """Build the app, then the TLS contexts of the HTTPS listeners (once per worker).
@@ -293,6 +270,8 @@ class ProxyWorker(GeventWorker):
         settings = self.proxy_settings
         self.proxy_app = build_application(settings)
         super().load_wsgi()
+        self.wsgi = self._answer_and_time(self.wsgi)
+        self.client_limits = view(ClientLimits, settings)
         options = view(WorkerSettings, settings)
         self.server_header = options.server_header
         gunicorn_wsgi.SERVER = self.server_header
@@ -313,7 +292,8 @@ class ProxyWorker(GeventWorker):
                 self.log.debug("TLS handshake with %s failed: %s", addr, exc)
                 client.close()
                 return
-        super().handle(listener, client, addr)
+        limits = self.client_limits or view(ClientLimits, self.proxy_settings)
+        super().handle(listener, ClientConnection(client, limits), addr)
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         """A request gunicorn could not read (or serve): its status and logging, our page.

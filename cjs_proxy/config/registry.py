@@ -121,6 +121,24 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds to wait for a backend connection; null means `server.tcpTimeout`."),
     Setting("server.keepAliveTimeout", 5, integer(0),
             "Seconds an idle client keep-alive connection is kept open (0 disables)."),
+    Setting("server.headerTimeout", 10, number(),
+            "Seconds a client has to send a whole request head, on a new connection and for every "
+            "later keep-alive request (counted from its first byte), whatever `server.keepAliveTimeout` "
+            "is; past it the connection is closed (nginx's `client_header_timeout`)."),
+    Setting("server.maxHeaderBytes", 32768, integer(1024),
+            "Largest request head (request line and headers) in bytes; over it the answer is 431 "
+            "and nothing is forwarded (nginx's `large_client_header_buffers`, 4 x 8k)."),
+    Setting("server.bodyTimeout", 60, number(),
+            "Longest silence in seconds between two reads of a request body; past it the answer is "
+            "408, the connection is closed and the backend connection with it (nginx's "
+            "`client_body_timeout`)."),
+    Setting("server.sendTimeout", 60, number(),
+            "Longest time in seconds a client may leave a piece of its response unread; past it the "
+            "client and backend connections are closed (nginx's `send_timeout`)."),
+    Setting("server.lingerTime", 5, number(),
+            "After an answer given before the request body was read (400, 413, 429, 502...), seconds "
+            "the proxy keeps reading and discarding that body, so the client sees the answer, before "
+            "closing the connection (nginx's `lingering_time`)."),
     Setting("server.workerConnections", 1000, integer(1),
             "Most concurrent client connections per worker."),
     Setting("server.gracefulTimeout", 30, integer(1),

@@ -111,6 +111,18 @@ class WorkerSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class ClientLimits:
+    """The clocks and the head size a client connection is held to (``workers.client_connection``)."""
+
+    keep_alive_timeout: int = setting("server.keepAliveTimeout")
+    header_timeout: float = setting("server.headerTimeout")
+    max_header_bytes: int = setting("server.maxHeaderBytes")
+    body_timeout: float = setting("server.bodyTimeout")
+    send_timeout: float = setting("server.sendTimeout")
+    linger_time: float = setting("server.lingerTime")
+
+
+@dataclasses.dataclass(frozen=True)
 class LimiterSettings:
     """The rate limiter's switches (its limits themselves go to Redis as one JSON argument)."""
 
@@ -143,7 +155,8 @@ class CheckerSettings:
 
 
 ALL_VIEWS: tuple[type, ...] = (RoutingSettings, HealthSettings, UpstreamSettings, ProxySettings, AccessLogSettings,
-                               MetricsSettings, LimiterSettings, ProcessSettings, WorkerSettings, CheckerSettings)
+                               MetricsSettings, LimiterSettings, ProcessSettings, WorkerSettings, CheckerSettings,
+                               ClientLimits)
 
 
 def _addresses(values: Mapping[str, Any], section: str) -> list[tuple[str, int]]:

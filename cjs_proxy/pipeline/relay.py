@@ -20,6 +20,7 @@ from cjs_proxy.exceptions import BackendUnavailable
 from cjs_proxy.pipeline.error_pages import reason_phrase
 from cjs_proxy.pipeline.exchange import Exchange
 from cjs_proxy.pipeline.http1 import ResponseHead, UpstreamBroken
+from cjs_proxy.pipeline.sockets import Pacer
 
 log = logging.getLogger("cjs_proxy.pipeline.relay")
 
@@ -44,10 +45,12 @@ class StreamedBody:
 
     def __iter__(self) -> Iterator[bytes]:
         exchange = self.exchange
+        pacer = Pacer()  # the server writes each chunk to the client before asking for the next
         try:
             for chunk in self.chunks:
                 exchange.bytes_sent += len(chunk)
                 yield chunk
+                pacer.moved(len(chunk))
         except (UpstreamBroken, BackendUnavailable) as exc:
             log.warning("resetting client connection: %s", exc)
             self.on_broken(exc)

@@ -55,8 +55,14 @@ def refuse_connect(environ: dict[str, Any]) -> None:
 
 
 def request_scheme(environ: dict[str, Any]) -> str:
-    """``https`` when the client connection is TLS (per listener, not gunicorn's global flag)."""
-    return "https" if isinstance(environ.get("gunicorn.socket"), ssl.SSLSocket) else "http"
+    """``https`` when the client connection is TLS (per listener, not gunicorn's global flag).
+
+    The worker hands gunicorn the socket wrapped (``workers.client_connection``); the
+    wrapped socket is what says whether it is TLS.
+    """
+    sock = environ.get("gunicorn.socket")
+    sock = getattr(sock, "wrapped", sock)
+    return "https" if isinstance(sock, ssl.SSLSocket) else "http"
 
 
 def target_and_host(environ: dict[str, Any]) -> tuple[str, str | None]:

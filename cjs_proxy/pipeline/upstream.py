@@ -34,15 +34,18 @@ from cjs_proxy.exceptions import (
     BadRequest,
     ClientClosedRequest,
     PayloadTooLarge,
+    RequestTimeout,
 )
 from cjs_proxy.pipeline.http1 import ResponseHead, ResponseReader, UpstreamBroken, encode_request_head
-from cjs_proxy.pipeline.sockets import readable_now
+from cjs_proxy.pipeline.sockets import Pacer, readable_now
 
 __all__ = ["BackendAdapter", "RequestBody", "Upstream", "UpstreamBroken", "UpstreamResponse", "make_session"]
 
-#: Bytes read from the client's body per step. gunicorn's reader fills a buffer of up to
-#: 1 MiB and copies what is left of it on every read: 64 KiB reads cost ~6x the CPU.
-BODY_READ_SIZE = 1024 * 1024
+#: Bytes read from the client's body per step. A stalled upload holds up to one step's
+#: worth in gunicorn's buffers, so steps are small; the worker reads the socket in steps
+#: of the same size (``workers.client_connection.BODY_RECV_SIZE``), so gunicorn's reader
+#: never buffers more than a step either and has little to copy on each read.
+BODY_READ_SIZE = 64 * 1024
 #: Backend pools kept per worker; the least recently used is closed past this.
 BACKEND_POOLS = 1000
 Headers = list[tuple[str, str]]
@@ -157,7 +160,9 @@ class RequestBody:
         self.sent = 0
 
     def __iter__(self) -> Iterator[bytes]:
+        """The body in steps of ``BODY_READ_SIZE``, giving way to other clients as it streams."""
         remaining = self.length
+        pacer = Pacer()
         while remaining is None or remaining > 0:
             size = BODY_READ_SIZE if remaining is None else min(BODY_READ_SIZE, remaining)
             chunk = self._read(size)
@@ -171,12 +176,15 @@ class RequestBody:
             if remaining is not None:
                 remaining -= len(chunk)
             yield chunk
+            pacer.moved(len(chunk))
 
     def _read(self, size: int) -> bytes:
         try:
             return self.stream.read(size)
         except NoMoreData as exc:
             raise ClientClosedRequest("client closed the connection mid-body") from exc
+        except TimeoutError as exc:  # the client socket's timeout is server.bodyTimeout
+            raise RequestTimeout(f"client sent nothing more after {self.sent} body bytes") from exc
         except OSError as exc:
             raise ClientClosedRequest(f"client connection lost: {exc}") from exc
         except ParseException as exc:

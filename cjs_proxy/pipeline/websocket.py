@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 
+from cjs_proxy.pipeline.sockets import Pacer
+
 if TYPE_CHECKING:
     from cjs_proxy.pipeline.upstream import Upstream, UpstreamResponse
 
@@ -134,6 +136,7 @@ class Tunnel:
 
     def _pipe(self, source: socket.socket, sink: socket.socket, counter: str) -> None:
         source.settimeout(min(self.idle_timeout, 5.0))
+        pacer = Pacer()
         while True:
             try:
                 data = source.recv(PIPE_CHUNK)
@@ -155,6 +158,7 @@ class Tunnel:
                 self._cut()
                 return
             setattr(self.stats, counter, getattr(self.stats, counter) + len(data))
+            pacer.moved(len(data))
 
     def _cut(self) -> None:
         for sock in (self.client, self.backend):

@@ -11,8 +11,7 @@ import socket
 import threading
 import time
 
-from tests.harness import ROOT, rss_kib
-from tests.scripted_backend import wait_until
+from tests.harness import ROOT, rss_kib, wait_for
 
 TIMEOUT = 10
 
@@ -135,7 +134,7 @@ def test_body_timeout_answers_408_closes_and_releases_the_backend_connection(mak
         assert status == 408
         assert headers["connection"] == "close"
         assert closed_by_server(sock, TIMEOUT)
-    wait_until(lambda: scripted.connection_closed(1), TIMEOUT, "backend connection closed")
+    wait_for(lambda: scripted.connection_closed(1), "backend connection closed")
     status, _, body = get(proxy.port, host, "/next")  # maxSockets 1: the slot was given back
     assert status == 200
     assert body == b"path=/next conn=2\n"
@@ -219,7 +218,7 @@ def test_send_timeout_closes_a_client_that_stops_reading_and_frees_the_backend(m
         reader.sendall(f"GET /bytes/{size} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
         received = len(reader.recv(4096))  # the answer has started: then this client stops reading
         # The only pooled connection is the stuck client's until sendTimeout frees it.
-        wait_until(lambda: served(proxy.port, host), 15, "a second client served")
+        wait_for(lambda: served(proxy.port, host), "a second client served", timeout=15)
         reader.settimeout(2)
         try:
             while chunk := reader.recv(1024 * 1024):

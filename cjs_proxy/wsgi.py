@@ -34,6 +34,7 @@ from cjs_proxy.pipeline.error_pages import ErrorPages
 from cjs_proxy.pipeline.exchange import Exchange, access_entry
 from cjs_proxy.pipeline.headers import client_address, downstream_response_headers, parse_networks
 from cjs_proxy.pipeline.invalidation import InvalidationFeed
+from cjs_proxy.pipeline.loops import forwarded_via, new_node_id, refuse_loop
 from cjs_proxy.pipeline.measured import MeasuredRouteCache, MeasuredStore
 from cjs_proxy.pipeline.metrics import NoMetrics, build_metrics, limit_decision
 from cjs_proxy.pipeline.passive_health import Backend, BackendHealth
@@ -88,6 +89,7 @@ class ProxyApp:
         self.retries = options.retries
         self.ws_idle_timeout = options.ws_idle_timeout
         self.ws_max_duration = options.ws_max_duration
+        self.node_id = options.node_id or new_node_id()  # the master's, unless started without one
         #: ``https.redirectHttp``: plain HTTP is answered with a 301 to this port.
         self.https_port = https_port
 
@@ -133,13 +135,15 @@ class ProxyApp:
             self.metrics.route_lookup("stale")
 
     def _read_request(self, exchange: Exchange, target: str, host_header: str, host: str) -> ClientRequest:
-        """The client, its request id and its body (refused here when too large or oddly coded)."""
+        """The client, its request id and its body (refused here when too large, oddly coded or looping)."""
         environ = exchange.environ
+        refuse_loop(environ, self.node_id)
         exchange.client_ip = client_address(environ, self.trusted)
         exchange.request_id = request_id(environ, self.trusted)
         body = request_body(environ, self.max_body)
         return ClientRequest(environ, environ["REQUEST_METHOD"], target, host_header, host,
-                             exchange.client_ip, exchange.request_id, trusted_peer(environ, self.trusted), body)
+                             exchange.client_ip, exchange.request_id, trusted_peer(environ, self.trusted), body,
+                             forwarded_via(environ, self.node_id))
 
     def _send_with_retries(self, exchange: Exchange, request: ClientRequest, route: Route,
                            send: SendStep) -> UpstreamResponse:

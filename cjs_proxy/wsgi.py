@@ -164,7 +164,7 @@ class ProxyApp:
                 response = self._timed_attempt(exchange, send, request, backend)
             except BackendUnavailable as exc:
                 self.metrics.upstream_error(exc)
-                self.health.record_failure(route, backend, exc.detail)
+                self.health.record_error(route, backend, exc)
                 tried.append(backend.url)
                 last_error = exc
                 retries_done = len(tried) - 1
@@ -326,7 +326,7 @@ def create_app(settings: config.Settings) -> ProxyApp:
     router = Router(store, routing.stale_route_ttl, cache=cache)
     health = BackendHealth(store, health_view.dead_ttl, health_view.dead_on_500, dead_after=health_view.dead_after)
     upstream = Upstream(make_session(pool.max_sockets), connect_timeout=pool.connect_timeout or pool.tcp_timeout,
-                        read_timeout=pool.tcp_timeout)
+                        read_timeout=pool.tcp_timeout, deny=parse_networks(pool.deny_backends))
     return ProxyApp(view(ProxySettings, settings), router, RateLimiter(settings), health, upstream,
                     ErrorPages(logs.static_dir), AccessLog(logs.path, logs.format), metrics,
                     https_port=https_redirect_port(settings))

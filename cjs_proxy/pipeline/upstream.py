@@ -35,6 +35,7 @@ from cjs_proxy.exceptions import (
     ClientClosedRequest,
     PayloadTooLarge,
 )
+from cjs_proxy.pipeline.addresses import Network, allowed_addresses, connect_checked
 from cjs_proxy.pipeline.http1 import ResponseHead, ResponseReader, UpstreamBroken, encode_request_head
 from cjs_proxy.pipeline.sockets import readable_now
 
@@ -52,10 +53,12 @@ class BackendConnection:
     """One connection to a backend, (re)opened on demand, reused while in a known state."""
 
     def __init__(self, host: str, port: int | None, timeout: Any = None, *,
-                 tls: ssl.SSLContext | None = None, **_urllib3_kwargs: Any) -> None:
+                 tls: ssl.SSLContext | None = None, deny: tuple[Network, ...] = (), **_urllib3_kwargs: Any) -> None:
         self.host = host
         self.port = port or (443 if tls else 80)
         self.tls = tls
+        #: ``server.denyBackends``: addresses this connection never goes to.
+        self.deny = deny
         self.sock: socket.socket | None = None
 
     @property
@@ -66,12 +69,9 @@ class BackendConnection:
         return sock is not None and not readable_now(sock)
 
     def connect(self, timeout: float, backend_url: str) -> socket.socket:
-        try:
-            sock = socket.create_connection((self.host, self.port), timeout=timeout)
-        except TimeoutError as exc:
-            raise BackendTimeout(f"{backend_url}: connect timed out", before_request=True) from exc
-        except OSError as exc:
-            raise BackendUnavailable(f"{backend_url}: {exc.strerror or exc}", before_request=True) from exc
+        """Resolve, check every address against ``deny``, connect to a checked one (never resolve twice)."""
+        addresses = allowed_addresses(self.host, self.port, self.deny, backend_url)
+        sock = connect_checked(addresses, timeout, backend_url)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.tls is not None:
             try:
@@ -231,8 +231,11 @@ class UpstreamResponse:
 class Upstream:
     """Sends requests to backends through per-backend pools owned by one session."""
 
-    def __init__(self, session: requests.Session, connect_timeout: float, read_timeout: float) -> None:
+    def __init__(self, session: requests.Session, connect_timeout: float, read_timeout: float,
+                 deny: tuple[Network, ...] = ()) -> None:
         self.session = session
+        #: ``server.denyBackends``, handed to every connection the pools make.
+        self.deny = deny
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.pool_timeout = connect_timeout
@@ -245,6 +248,7 @@ class Upstream:
         if pool is None:
             adapter = cast(BackendAdapter, self.session.get_adapter(backend_url))
             pool = cast(BackendPool, adapter.poolmanager.connection_from_url(backend_url))
+            pool.conn_kw["deny"] = self.deny  # its connections are made lazily, with these
             self._pools[backend_url] = pool
         return pool
 
@@ -284,7 +288,7 @@ class Upstream:
         response, relayed as such; any other ``101`` is a ``BackendProtocolError``.
         """
         pool = self.pool_for(backend_url)
-        conn = BackendConnection(pool.host, pool.port, tls=pool.conn_kw.get("tls"))
+        conn = BackendConnection(pool.host, pool.port, tls=pool.conn_kw.get("tls"), deny=self.deny)
         head = encode_request_head(method, target, headers)
         try:
             reader, response_head = self._exchange(conn, backend_url, head, None, method, None, upgrade)

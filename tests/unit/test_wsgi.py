@@ -110,8 +110,8 @@ class FakeHealth:
                 return Backend(backend_id, url)
         raise NoLiveBackend(f"{route.host}: no backend left")
 
-    def record_failure(self, route: Route, backend: Backend, reason: str) -> None:
-        self.failures.append((backend.url, reason))
+    def record_error(self, route: Route, backend: Backend, error: BackendUnavailable) -> None:
+        self.failures.append((backend.url, error.detail))
 
     def check_answer(self, route: Route, backend: Backend, status: int, headers: list[tuple[str, str]]) -> None:
         self.answers.append((backend.url, status))

@@ -326,7 +326,8 @@ def create_app(settings: config.Settings) -> ProxyApp:
     router = Router(store, routing.stale_route_ttl, cache=cache)
     health = BackendHealth(store, health_view.dead_ttl, health_view.dead_on_500, dead_after=health_view.dead_after)
     upstream = Upstream(make_session(pool.max_sockets), connect_timeout=pool.connect_timeout or pool.tcp_timeout,
-                        read_timeout=pool.tcp_timeout, deny=parse_networks(pool.deny_backends))
+                        read_timeout=pool.tcp_timeout, deny=parse_networks(pool.deny_backends),
+                        max_tunnels=pool.ws_per_backend)
     return ProxyApp(view(ProxySettings, settings), router, RateLimiter(settings), health, upstream,
                     ErrorPages(logs.static_dir), AccessLog(logs.path, logs.format), metrics,
                     https_port=https_redirect_port(settings))

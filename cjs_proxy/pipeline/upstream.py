@@ -196,6 +196,8 @@ class UpstreamResponse:
         self.conn = conn
         self.pool = pool
         self._closed = False
+        #: Gives back what this connection counts against outside the pools (a tunnel's slot).
+        self.on_release: Callable[[], None] | None = None
 
     @property
     def backend_url(self) -> str:
@@ -222,18 +224,30 @@ class UpstreamResponse:
         if self._closed:
             return
         self._closed = True
-        if not (self.reader.complete and self.reader.reusable):
-            self.conn.close()
-        if self.pool is not None:
-            self.pool.checkin(self.conn)
+        try:
+            if not (self.reader.complete and self.reader.reusable):
+                self.conn.close()
+            if self.pool is not None:
+                self.pool.checkin(self.conn)
+        finally:
+            self.release_slot()
+
+    def release_slot(self) -> None:
+        """Once the connection is gone (closed, or a detached tunnel ended): its slot back (idempotent)."""
+        release, self.on_release = self.on_release, None
+        if release is not None:
+            release()
 
 
 class Upstream:
     """Sends requests to backends through per-backend pools owned by one session."""
 
     def __init__(self, session: requests.Session, connect_timeout: float, read_timeout: float,
-                 deny: tuple[Network, ...] = ()) -> None:
+                 deny: tuple[Network, ...] = (), max_tunnels: int = 1000) -> None:
         self.session = session
+        #: ``websocket.maxPerBackend``: tunnels are outside the pools, so bounded here.
+        self.max_tunnels = max_tunnels
+        self.tunnels: dict[str, int] = {}
         #: ``server.denyBackends``, handed to every connection the pools make.
         self.deny = deny
         self.connect_timeout = connect_timeout
@@ -288,14 +302,31 @@ class Upstream:
         response, relayed as such; any other ``101`` is a ``BackendProtocolError``.
         """
         pool = self.pool_for(backend_url)
+        self._take_tunnel(backend_url)
         conn = BackendConnection(pool.host, pool.port, tls=pool.conn_kw.get("tls"), deny=self.deny)
         head = encode_request_head(method, target, headers)
         try:
             reader, response_head = self._exchange(conn, backend_url, head, None, method, None, upgrade)
         except BaseException:
             conn.close()
+            self._give_back_tunnel(backend_url)
             raise
-        return UpstreamResponse(reader, response_head, conn, None)
+        response = UpstreamResponse(reader, response_head, conn, None)
+        response.on_release = lambda: self._give_back_tunnel(backend_url)
+        return response
+
+    def _take_tunnel(self, backend_url: str) -> None:
+        """One more tunnel to ``backend_url``, or 503 at ``websocket.maxPerBackend``: each holds a
+        backend socket for as long as it lives, which no pool bounds."""
+        count = self.tunnels.get(backend_url, 0)
+        if count >= self.max_tunnels:
+            raise BackendBusy(f"{backend_url}: {count} WebSocket tunnels open (websocket.maxPerBackend)")
+        self.tunnels[backend_url] = count + 1
+
+    def _give_back_tunnel(self, backend_url: str) -> None:
+        count = self.tunnels.pop(backend_url, 0) - 1
+        if count > 0:
+            self.tunnels[backend_url] = count
 
     def _exchange(self, conn: BackendConnection, backend_url: str, head: bytes, body: RequestBody | None,
                   method: str, on_informational: Callable[[ResponseHead], None] | None,

@@ -36,7 +36,7 @@ def test_other_addresses_are_allowed(address):
 
 def test_a_name_resolving_only_to_denied_addresses_is_refused():
     resolve, _ = resolver("169.254.169.254")
-    with pytest.raises(BackendDenied, match="169.254.169.254"):
+    with pytest.raises(BackendDenied, match=r"169\.254\.169\.254"):
         allowed_addresses("metadata.internal", 80, LINK_LOCAL, "http://metadata.internal", resolve)
 
 

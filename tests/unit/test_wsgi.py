@@ -149,6 +149,9 @@ class FakeResponse:
     def close(self) -> None:
         self.closed = True
 
+    def release_slot(self) -> None:
+        self.released = True
+
 
 class FakeUpstream:
     """Answers per backend URL, in order: a ``FakeResponse`` or an exception to raise.

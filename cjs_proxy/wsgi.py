@@ -200,7 +200,7 @@ class ProxyApp:
     def _forward(self, request: ClientRequest, backend: Backend, headers: Headers) -> UpstreamResponse:
         """The forward step: the request and its body to a pooled connection, up to the answer's head."""
         return self.upstream.send(backend.url, request.method, request.target, headers, request.body,
-                                  early_hints_relay(request.environ))
+                                  early_hints_relay(request.environ), request.environ.get("gunicorn.socket"))
 
     def _open_tunnel(self, request: ClientRequest, backend: Backend, headers: Headers) -> UpstreamResponse:
         """The tunnel's first step: the upgrade request, on a connection of its own."""
@@ -299,12 +299,12 @@ def may_retry(error: BackendUnavailable, method: str, body: RequestBody | None) 
     """True while no backend can have acted on the request, so another one may be asked.
 
     Nothing was sent (connection refused): any method, as long as no body byte was
-    consumed (it could not be sent again). The request may have arrived: only an
+    consumed (it could not be sent again) or the whole body was read beforehand. The request may have arrived: only an
     idempotent method without a body, and never after a timeout (the backend may
     still be working on it).
     """
     if error.before_request:
-        return body is None or body.sent == 0
+        return body is None or body.sent == 0 or body.replayable
     return method in IDEMPOTENT and body is None and not isinstance(error, BackendTimeout)
 
 

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from cjs_proxy.exceptions import BadRequest, MethodNotAllowed, PayloadTooLarge, UnsupportedTransferCoding
 from cjs_proxy.pipeline.headers import is_trusted, new_request_id, upstream_request_headers
-from cjs_proxy.pipeline.upstream import RequestBody
+from cjs_proxy.pipeline.request_body import RequestBody
 
 Headers = list[tuple[str, str]]
 #: What a forwarded ``X-Request-ID`` may look like (it is logged unquoted).

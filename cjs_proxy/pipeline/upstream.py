@@ -16,10 +16,9 @@ import http.cookiejar
 import socket
 import ssl
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO, cast
+from typing import Any, cast
 
 import requests
-from gunicorn.http.errors import NoMoreData, ParseException
 from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.exceptions import ClosedPoolError, EmptyPoolError
@@ -31,19 +30,15 @@ from cjs_proxy.exceptions import (
     BackendClosed,
     BackendTimeout,
     BackendUnavailable,
-    BadRequest,
-    ClientClosedRequest,
-    PayloadTooLarge,
 )
 from cjs_proxy.pipeline.addresses import Network, allowed_addresses, connect_checked
 from cjs_proxy.pipeline.http1 import ResponseHead, ResponseReader, UpstreamBroken, encode_request_head
+from cjs_proxy.pipeline.request_body import RequestBody
+from cjs_proxy.pipeline.slow_clients import ClientWatch, PoolShare, SlowClients
 from cjs_proxy.pipeline.sockets import readable_now
 
 __all__ = ["BackendAdapter", "RequestBody", "Upstream", "UpstreamBroken", "UpstreamResponse", "make_session"]
 
-#: Bytes read from the client's body per step. gunicorn's reader fills a buffer of up to
-#: 1 MiB and copies what is left of it on every read: 64 KiB reads cost ~6x the CPU.
-BODY_READ_SIZE = 1024 * 1024
 #: Backend pools kept per worker; the least recently used is closed past this.
 BACKEND_POOLS = 1000
 Headers = list[tuple[str, str]]
@@ -98,9 +93,18 @@ class BackendPool(HTTPConnectionPool):
 
     ConnectionCls = BackendConnection  # type: ignore[assignment]
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Its slow transfers' share, and the requests waiting for one of its connections.
+        self.share = PoolShare(self.pool.maxsize if self.pool is not None else 1)
+
     def checkout(self, timeout: float) -> BackendConnection:
         """A connection (open and idle, or not yet open); waits up to ``timeout`` for a free one."""
-        return cast(BackendConnection, self._get_conn(timeout=timeout))
+        self.share.waiting += 1
+        try:
+            return cast(BackendConnection, self._get_conn(timeout=timeout))
+        finally:
+            self.share.waiting -= 1
 
     def checkin(self, conn: BackendConnection) -> None:
         self._put_conn(conn)  # type: ignore[arg-type]
@@ -147,42 +151,6 @@ def make_session(max_sockets: int) -> requests.Session:
     return session
 
 
-class RequestBody:
-    """The client's body as an iterator of chunks, checked against its declared length."""
-
-    def __init__(self, stream: BinaryIO, length: int | None, limit: int | None = None) -> None:
-        self.stream = stream
-        self.length = length
-        self.limit = limit  # server.maxRequestBodySize, enforced as a chunked body streams
-        self.sent = 0
-
-    def __iter__(self) -> Iterator[bytes]:
-        remaining = self.length
-        while remaining is None or remaining > 0:
-            size = BODY_READ_SIZE if remaining is None else min(BODY_READ_SIZE, remaining)
-            chunk = self._read(size)
-            if not chunk:
-                if remaining:
-                    raise ClientClosedRequest(f"client sent {self.sent} of {self.length} body bytes")
-                return
-            self.sent += len(chunk)
-            if self.limit is not None and self.sent > self.limit:
-                raise PayloadTooLarge(f"chunked body exceeds {self.limit} bytes")
-            if remaining is not None:
-                remaining -= len(chunk)
-            yield chunk
-
-    def _read(self, size: int) -> bytes:
-        try:
-            return self.stream.read(size)
-        except NoMoreData as exc:
-            raise ClientClosedRequest("client closed the connection mid-body") from exc
-        except OSError as exc:
-            raise ClientClosedRequest(f"client connection lost: {exc}") from exc
-        except ParseException as exc:
-            raise BadRequest(f"malformed request body: {exc}") from exc
-
-
 class UpstreamResponse:
     """A backend's answer whose body has not been read yet; ``close`` settles its connection."""
 
@@ -198,6 +166,8 @@ class UpstreamResponse:
         self._closed = False
         #: Gives back what this connection counts against outside the pools (a tunnel's slot).
         self.on_release: Callable[[], None] | None = None
+        #: The client's waits, watched while the body is relayed (``slow_clients``).
+        self.watch: ClientWatch | None = None
 
     @property
     def backend_url(self) -> str:
@@ -209,6 +179,8 @@ class UpstreamResponse:
 
     def iter_body(self) -> Iterator[bytes]:
         """Relay the body as it arrives; ``UpstreamBroken`` if the backend cuts it short."""
+        if self.watch is not None:
+            return self.watch.relay(self.reader.iter_body())
         return self.reader.iter_body()
 
     def detach(self) -> tuple[socket.socket, bytes]:
@@ -248,6 +220,8 @@ class Upstream:
         #: ``websocket.maxPerBackend``: tunnels are outside the pools, so bounded here.
         self.max_tunnels = max_tunnels
         self.tunnels: dict[str, int] = {}
+        #: Transfers that hold a pooled connection while they wait on their client.
+        self.slow = SlowClients()
         #: ``server.denyBackends``, handed to every connection the pools make.
         self.deny = deny
         self.connect_timeout = connect_timeout
@@ -267,8 +241,15 @@ class Upstream:
         return pool
 
     def send(self, backend_url: str, method: str, target: str, headers: Headers, body: RequestBody | None,
-             on_informational: Callable[[ResponseHead], None] | None = None) -> UpstreamResponse:
-        """Send the request on a pooled connection and read the response head."""
+             on_informational: Callable[[ResponseHead], None] | None = None,
+             client: socket.socket | None = None) -> UpstreamResponse:
+        """Send the request on a pooled connection and read the response head.
+
+        The body's first bytes are read before a connection is taken; while one is held,
+        the waits on ``client`` are watched (``slow_clients``).
+        """
+        if body is not None and not body.buffered and not body.complete:
+            body.preread()
         pool = self.pool_for(backend_url)
         try:
             conn = self._checkout(pool, backend_url)
@@ -279,13 +260,24 @@ class Upstream:
         if body is not None and body.length is None:  # the length is unknown: chunked, re-framed by us
             headers = [*headers, ("Transfer-Encoding", "chunked")]
         head = encode_request_head(method, target, headers)
+        watch = self.slow.watch(pool.share, client, backend_url) if client is not None else None
+        if body is not None:
+            body.watch = watch
         try:
             reader, response_head = self._exchange(conn, backend_url, head, body, method, on_informational)
         except BaseException:
             conn.close()
             pool.checkin(conn)
+            if watch is not None:
+                watch.close()
             raise
-        return UpstreamResponse(reader, response_head, conn, pool)
+        finally:
+            if body is not None:
+                body.watch = None
+        response = UpstreamResponse(reader, response_head, conn, pool)
+        if watch is not None:
+            response.watch, response.on_release = watch, watch.close
+        return response
 
     def _checkout(self, pool: BackendPool, backend_url: str) -> BackendConnection:
         try:
@@ -346,7 +338,7 @@ class Upstream:
                 self._write_request(sock, backend_url, head, body)
                 return reader, reader.read_head(method, upgrade, on_informational)
             except BackendClosed:
-                if not reused or (body is not None and body.sent):
+                if not reused or (body is not None and body.sent and not body.replayable):
                     raise
                 conn.close()
                 reused = False

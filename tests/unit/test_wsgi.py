@@ -168,7 +168,7 @@ class FakeUpstream:
         self.closed = False
 
     def send(self, backend_url: str, method: str, target: str, headers: list[tuple[str, str]],
-             body: Any, early_hints: Any = None) -> FakeResponse:
+             body: Any, early_hints: Any = None, client: Any = None) -> FakeResponse:
         self.sent.append((backend_url, method, target, headers))
         if body is not None and self.consume:
             for _chunk in body:

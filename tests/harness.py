@@ -207,18 +207,6 @@ class Proxy(Process):
         return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
-def wait_for(check: Any, timeout: float = 30.0, what: str = "condition", interval: float = 0.05) -> Any:
-    """Poll ``check`` until it returns something truthy (returned); generous by default, for loaded machines."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(interval)
-
-
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

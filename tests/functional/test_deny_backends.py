@@ -8,11 +8,11 @@ import socket
 
 import requests
 
-TIMEOUT = 10
+from tests.harness import ANSWER_TIMEOUT
 
 
 def get(proxy, host: str, path: str = "/echo") -> requests.Response:
-    return requests.get(f"{proxy.url}{path}", headers={"Host": host, "X-Debug": "1"}, timeout=TIMEOUT)
+    return requests.get(f"{proxy.url}{path}", headers={"Host": host, "X-Debug": "1"}, timeout=ANSWER_TIMEOUT)
 
 
 def test_denied_address_is_never_connected_to_and_logged_once(make_proxy, rdb, host):

@@ -10,9 +10,7 @@ import pytest
 import requests
 import websocket
 
-from tests.harness import ROOT, wait_for
-
-TIMEOUT = 10
+from tests.harness import ANSWER_TIMEOUT, ROOT, wait_for
 
 
 def via_entries(report: dict) -> list[str]:
@@ -22,7 +20,7 @@ def via_entries(report: dict) -> list[str]:
 def test_forwarded_requests_carry_via_with_the_node_id(make_proxy, rdb, backends, host):
     proxy = make_proxy(server_nodeId="edge-7")
     rdb.rpush(f"frontend:{host}", "app", backends[0].url)
-    answer = requests.get(f"{proxy.url}/echo", headers={"Host": host, "Via": "1.0 upstream-lb"}, timeout=TIMEOUT)
+    answer = requests.get(f"{proxy.url}/echo", headers={"Host": host, "Via": "1.0 upstream-lb"}, timeout=ANSWER_TIMEOUT)
     assert answer.status_code == 200
     assert via_entries(answer.json()) == ["1.0 upstream-lb", "1.1 edge-7"]
 
@@ -36,7 +34,7 @@ def test_generated_node_id_is_the_same_in_every_worker(make_proxy, rdb, backends
         pids: set[str] = set()
         for _ in range(40):  # new connections: both workers get some
             with requests.Session() as client:
-                report = client.get(f"{proxy.url}/echo", headers={"Host": host}, timeout=TIMEOUT).json()
+                report = client.get(f"{proxy.url}/echo", headers={"Host": host}, timeout=ANSWER_TIMEOUT).json()
             seen.update(via_entries(report))
             pids.add(report["connection_id"])
         return seen if len(proxy.worker_pids()) == 2 else None
@@ -49,7 +47,7 @@ def test_generated_node_id_is_the_same_in_every_worker(make_proxy, rdb, backends
 def test_frontend_routed_to_the_proxy_itself_gets_508(make_proxy, rdb, host):
     proxy = make_proxy(server_tcpTimeout=3)
     rdb.rpush(f"frontend:{host}", "loop", proxy.url)
-    answer = requests.get(f"{proxy.url}/", headers={"Host": host}, timeout=TIMEOUT)
+    answer = requests.get(f"{proxy.url}/", headers={"Host": host}, timeout=ANSWER_TIMEOUT)
     assert answer.status_code == 508
     assert "<title>Loop detected</title>" in answer.text
     assert (ROOT / "errors" / "508.html").read_bytes() == answer.content
@@ -64,14 +62,14 @@ def test_websocket_upgrade_looping_to_the_proxy_gets_508(make_proxy, rdb, host):
     proxy = make_proxy(server_tcpTimeout=3)
     rdb.rpush(f"frontend:{host}", "loop", proxy.url)
     with pytest.raises(websocket.WebSocketBadStatusException) as refused:
-        websocket.create_connection(f"ws://127.0.0.1:{proxy.port}/echo", host=host, timeout=TIMEOUT)
+        websocket.create_connection(f"ws://127.0.0.1:{proxy.port}/echo", host=host, timeout=ANSWER_TIMEOUT)
     assert refused.value.status_code == 508
 
 
 def test_a_request_naming_another_node_passes(make_proxy, rdb, backends, host):
     proxy = make_proxy(server_nodeId="edge-7")
     rdb.rpush(f"frontend:{host}", "app", backends[0].url)
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT) as sock:
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=ANSWER_TIMEOUT) as sock:
         sock.sendall(f"GET /echo HTTP/1.1\r\nHost: {host}\r\nVia: 1.1 edge-77, 1.1 edge\r\n"
                      "Connection: close\r\n\r\n".encode())
         assert sock.recv(64).startswith(b"HTTP/1.1 200")

@@ -7,13 +7,16 @@ of that app waited 30 s for a 503. Two rules keep a share of every pool for the 
 
 - **No connection before there is something to send.** Up to ``PREREAD_BYTES`` of a
   request body are read before a connection is taken (``RequestBody.preread``): a small
-  body is sent whole however slowly it came (and can be sent again on a retry), a larger
-  one takes a connection only once 64 KiB of it have arrived.
+  body is sent whole however slowly it came (and can be sent again on a retry). A larger
+  one is a streaming upload, slow by nature: it takes a connection only once 64 KiB of
+  it have arrived *and* it has one of the pool's slow lanes (below), waiting up to the
+  pool's timeout for one (then 503), so uploads never take the share kept for the others.
 - **Slow transfers have a bounded share of the pool.** While an exchange holds a pooled
   connection, each of its waits on the client (the next body piece; the client taking
   the last answer piece) is watched. A wait that outlasts ``SLOW_AFTER`` makes the
   transfer slow: it takes one of the pool's slow lanes (``lanes_for``: all connections
-  but a tenth, at least one kept back) and keeps it until it ends. A slow transfer that
+  but a tenth, at least one kept back) and keeps it until it ends. While a request waits
+  for the pool, an answer whose client's send buffer is full is slow at once. A slow transfer that
   finds no lane free goes on while nobody needs the pool; once a request is waiting for
   one of the pool's connections, it is cut (client connection reset, backend connection
   closed, never pooled) so that the request gets it.
@@ -32,8 +35,10 @@ import struct
 from collections.abc import Iterator
 
 import gevent
+from gevent.lock import Semaphore
 
 from cjs_proxy.eventlog import EventLog
+from cjs_proxy.pipeline.sockets import writable_now
 
 log = logging.getLogger("cjs_proxy.pipeline.slow_clients")
 
@@ -51,22 +56,26 @@ def lanes_for(pool_size: int) -> int:
 class PoolShare:
     """One backend pool's budget of slow transfers, and how many requests wait for a connection."""
 
-    __slots__ = ("lanes", "slow", "waiting")
+    __slots__ = ("_free", "lanes", "waiting")
 
     def __init__(self, pool_size: int) -> None:
         self.lanes = lanes_for(pool_size)
-        self.slow = 0
+        self._free = Semaphore(self.lanes)
         #: Checkouts in progress; above zero while the sweeper runs, someone is blocked on the pool.
         self.waiting = 0
 
-    def take_lane(self) -> bool:
-        if self.slow >= self.lanes:
-            return False
-        self.slow += 1
-        return True
+    @property
+    def slow(self) -> int:
+        return self.lanes - self._free.counter
+
+    def take_lane(self, timeout: float | None = None) -> bool:
+        """A lane now (``timeout`` None), or within ``timeout`` seconds; False if none came."""
+        if timeout is None:
+            return self._free.acquire(blocking=False)
+        return self._free.acquire(timeout=timeout)
 
     def give_back_lane(self) -> None:
-        self.slow = max(0, self.slow - 1)
+        self._free.release()
 
 
 class ClientWatch:
@@ -93,23 +102,32 @@ class ClientWatch:
         self.progress += 1
 
     def relay(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        """The answer's pieces; the time the server spends handing each to the client is watched."""
+        """The answer's pieces; the time the server spends handing each to the client is watched.
+
+        While a request waits for the pool, a client whose send buffer is full before the
+        next piece is slow at once: it does not keep a connection for a whole sweep.
+        """
         for chunk in chunks:
+            if self.share.waiting and not self.lane and not writable_now(self.client):
+                self.slow_now()
             self.begin()
             yield chunk
             self.end()
+
+    def slow_now(self) -> None:
+        """Slow: a lane if one is free, else (the pool being wanted) cut."""
+        if self.share.take_lane():
+            self.lane = True
+        elif self.share.waiting:
+            self.owner.shed(self)
 
     def tick(self) -> None:
         """One sweep: a wait that made no progress over a whole ``SLOW_AFTER`` makes the transfer slow."""
         if not self.waiting or self.progress != self.seen:
             self.seen = self.progress
             return
-        if self.lane:
-            return
-        if self.share.take_lane():
-            self.lane = True
-        elif self.share.waiting:
-            self.owner.shed(self)
+        if not self.lane:
+            self.slow_now()
 
     def close(self) -> None:
         """The exchange is over: its lane back, out of the sweep."""
@@ -128,10 +146,12 @@ class SlowClients:
         self.events = EventLog(log)
         self._sweeper: gevent.Greenlet | None = None
 
-    def watch(self, share: PoolShare, client: socket.socket, backend_url: str) -> ClientWatch:
+    def watch(self, share: PoolShare, client: socket.socket, backend_url: str, lane: bool = False) -> ClientWatch:
+        """Watch a transfer that now holds a connection (``lane``: it took a slow lane already)."""
         if self._sweeper is None or self._sweeper.dead:
             self._sweeper = gevent.spawn(self._sweep)
         watch = ClientWatch(self, share, client, backend_url)
+        watch.lane = lane
         self.active.add(watch)
         return watch
 

@@ -32,3 +32,10 @@ def readable_now(*sockets: HasFileno | int) -> bool:
     for sock in sockets:
         poller.register(sock, select.POLLIN)
     return bool(poller.poll(0))
+
+
+def writable_now(sock: HasFileno | int) -> bool:
+    """True when ``sock`` has room in its send buffer right now (or an error to report); answers at once."""
+    poller = _kernel_poll()
+    poller.register(sock, select.POLLOUT)
+    return bool(poller.poll(0))

@@ -250,17 +250,16 @@ class Upstream:
         """
         if body is not None and not body.buffered and not body.complete:
             body.preread()
-        pool = self.pool_for(backend_url)
+        watched = client is not None
         try:
-            conn = self._checkout(pool, backend_url)
+            pool, conn, lane = self._connection(backend_url, body, watched)
         except ClosedPoolError:  # the session evicted this pool: take a fresh one, once
             self._pools.pop(backend_url, None)
-            pool = self.pool_for(backend_url)
-            conn = self._checkout(pool, backend_url)
+            pool, conn, lane = self._connection(backend_url, body, watched)
         if body is not None and body.length is None:  # the length is unknown: chunked, re-framed by us
             headers = [*headers, ("Transfer-Encoding", "chunked")]
         head = encode_request_head(method, target, headers)
-        watch = self.slow.watch(pool.share, client, backend_url) if client is not None else None
+        watch = self.slow.watch(pool.share, client, backend_url, lane) if client is not None else None
         if body is not None:
             body.watch = watch
         try:
@@ -278,6 +277,28 @@ class Upstream:
         if watch is not None:
             response.watch, response.on_release = watch, watch.close
         return response
+
+    def _connection(self, backend_url: str, body: RequestBody | None,
+                    watched: bool) -> tuple[BackendPool, BackendConnection, bool]:
+        """The pool, a connection from it, and whether a slow lane was taken for the upload."""
+        pool = self.pool_for(backend_url)
+        lane = watched and self._upload_lane(pool, backend_url, body)
+        try:
+            return pool, self._checkout(pool, backend_url), lane
+        except BaseException:
+            if lane:
+                pool.share.give_back_lane()
+            raise
+
+    def _upload_lane(self, pool: BackendPool, backend_url: str, body: RequestBody | None) -> bool:
+        """A body still streaming after its pre-read is a slow transfer from the start: it waits
+        for one of the pool's slow lanes (503 past the pool's timeout), so uploads never take the
+        connections kept for the others. True when a lane was taken (the watch gives it back)."""
+        if body is None or body.complete or pool.share.lanes == 0:
+            return False
+        if not pool.share.take_lane(self.pool_timeout):
+            raise BackendBusy(f"{backend_url}: all {pool.share.lanes} connections for slow transfers busy")
+        return True
 
     def _checkout(self, pool: BackendPool, backend_url: str) -> BackendConnection:
         try:

@@ -125,6 +125,31 @@ class BackendTimeout(BackendUnavailable):
     reason = "Backend timed out"
 
 
+class LoopDetected(ProxyError):
+    """The request carries this node's own ``Via`` mark: it was forwarded here by this node.
+
+    A frontend that routes (directly or not) to the proxy itself would otherwise make
+    each request loop until a timeout, holding a connection per hop.
+    """
+
+    status = 508
+    reason = "Loop detected"
+
+
+class BackendDenied(BackendUnavailable):
+    """The backend's address is in ``server.denyBackends``: it is never connected to.
+
+    The proxy logs it itself (once per interval, naming the frontend), and it never counts
+    against the backend's health: the backend is forbidden, not unwell.
+    """
+
+    reason = "Backend address not allowed"
+    logged = True
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, before_request=True)
+
+
 class BackendBusy(ProxyError):
     """Every connection this worker may open to the backend (``server.maxSockets``) is busy."""
 

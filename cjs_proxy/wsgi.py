@@ -34,6 +34,7 @@ from cjs_proxy.pipeline.error_pages import ErrorPages
 from cjs_proxy.pipeline.exchange import Exchange, access_entry
 from cjs_proxy.pipeline.headers import client_address, downstream_response_headers, parse_networks
 from cjs_proxy.pipeline.invalidation import InvalidationFeed
+from cjs_proxy.pipeline.loops import forwarded_via, new_node_id, refuse_loop
 from cjs_proxy.pipeline.measured import MeasuredRouteCache, MeasuredStore
 from cjs_proxy.pipeline.metrics import NoMetrics, build_metrics, limit_decision
 from cjs_proxy.pipeline.passive_health import Backend, BackendHealth
@@ -88,6 +89,7 @@ class ProxyApp:
         self.retries = options.retries
         self.ws_idle_timeout = options.ws_idle_timeout
         self.ws_max_duration = options.ws_max_duration
+        self.node_id = options.node_id or new_node_id()  # the master's, unless started without one
         #: ``https.redirectHttp``: plain HTTP is answered with a 301 to this port.
         self.https_port = https_port
 
@@ -133,13 +135,15 @@ class ProxyApp:
             self.metrics.route_lookup("stale")
 
     def _read_request(self, exchange: Exchange, target: str, host_header: str, host: str) -> ClientRequest:
-        """The client, its request id and its body (refused here when too large or oddly coded)."""
+        """The client, its request id and its body (refused here when too large, oddly coded or looping)."""
         environ = exchange.environ
+        refuse_loop(environ, self.node_id)
         exchange.client_ip = client_address(environ, self.trusted)
         exchange.request_id = request_id(environ, self.trusted)
         body = request_body(environ, self.max_body)
         return ClientRequest(environ, environ["REQUEST_METHOD"], target, host_header, host,
-                             exchange.client_ip, exchange.request_id, trusted_peer(environ, self.trusted), body)
+                             exchange.client_ip, exchange.request_id, trusted_peer(environ, self.trusted), body,
+                             forwarded_via(environ, self.node_id))
 
     def _send_with_retries(self, exchange: Exchange, request: ClientRequest, route: Route,
                            send: SendStep) -> UpstreamResponse:
@@ -160,7 +164,7 @@ class ProxyApp:
                 response = self._timed_attempt(exchange, send, request, backend)
             except BackendUnavailable as exc:
                 self.metrics.upstream_error(exc)
-                self.health.record_failure(route, backend, exc.detail)
+                self.health.record_error(route, backend, exc)
                 tried.append(backend.url)
                 last_error = exc
                 retries_done = len(tried) - 1
@@ -196,7 +200,7 @@ class ProxyApp:
     def _forward(self, request: ClientRequest, backend: Backend, headers: Headers) -> UpstreamResponse:
         """The forward step: the request and its body to a pooled connection, up to the answer's head."""
         return self.upstream.send(backend.url, request.method, request.target, headers, request.body,
-                                  early_hints_relay(request.environ))
+                                  early_hints_relay(request.environ), request.environ.get("gunicorn.socket"))
 
     def _open_tunnel(self, request: ClientRequest, backend: Backend, headers: Headers) -> UpstreamResponse:
         """The tunnel's first step: the upgrade request, on a connection of its own."""
@@ -295,12 +299,12 @@ def may_retry(error: BackendUnavailable, method: str, body: RequestBody | None) 
     """True while no backend can have acted on the request, so another one may be asked.
 
     Nothing was sent (connection refused): any method, as long as no body byte was
-    consumed (it could not be sent again). The request may have arrived: only an
+    consumed (it could not be sent again) or the whole body was read beforehand. The request may have arrived: only an
     idempotent method without a body, and never after a timeout (the backend may
     still be working on it).
     """
     if error.before_request:
-        return body is None or body.sent == 0
+        return body is None or body.sent == 0 or body.replayable
     return method in IDEMPOTENT and body is None and not isinstance(error, BackendTimeout)
 
 
@@ -322,7 +326,8 @@ def create_app(settings: config.Settings) -> ProxyApp:
     router = Router(store, routing.stale_route_ttl, cache=cache)
     health = BackendHealth(store, health_view.dead_ttl, health_view.dead_on_500, dead_after=health_view.dead_after)
     upstream = Upstream(make_session(pool.max_sockets), connect_timeout=pool.connect_timeout or pool.tcp_timeout,
-                        read_timeout=pool.tcp_timeout)
+                        read_timeout=pool.tcp_timeout, deny=parse_networks(pool.deny_backends),
+                        max_tunnels=pool.ws_per_backend)
     return ProxyApp(view(ProxySettings, settings), router, RateLimiter(settings), health, upstream,
                     ErrorPages(logs.static_dir), AccessLog(logs.path, logs.format), metrics,
                     https_port=https_redirect_port(settings))

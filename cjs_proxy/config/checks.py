@@ -5,6 +5,7 @@ carries the name of the type it accepts, for the settings table."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -280,3 +281,16 @@ def option_mask(value: Any) -> int:
     if value >= 1 << 64:
         raise ValueError(f"{value} is larger than a 64-bit OpenSSL option mask")
     return value
+
+
+#: What a node id may look like: a ``Via`` pseudonym (RFC 9110 7.6.3), so a token.
+NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@labelled("token")
+def node_id(value: Any) -> str:
+    """``server.nodeId``: written into every forwarded ``Via``, so it must be a plain token."""
+    if not isinstance(value, str) or not NODE_ID.fullmatch(value):
+        raise ValueError(f"expected 1-64 letters, digits, '.', '_' or '-', got {value!r}")
+    return value
+

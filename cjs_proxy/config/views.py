@@ -67,6 +67,8 @@ class UpstreamSettings:
     max_sockets: int = setting("server.maxSockets")
     tcp_timeout: float = setting("server.tcpTimeout")
     connect_timeout: float | None = setting("server.connectTimeout")
+    deny_backends: tuple[str, ...] = setting("server.denyBackends")
+    ws_per_backend: int = setting("websocket.maxPerBackend")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +81,7 @@ class ProxySettings:
     retries: int = setting("server.retryOnError")
     ws_idle_timeout: float = setting("websocket.idleTimeout")
     ws_max_duration: float | None = setting("websocket.maxDuration")
+    node_id: str | None = setting("server.nodeId")
 
 
 @dataclasses.dataclass(frozen=True)

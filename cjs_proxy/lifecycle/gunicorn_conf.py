@@ -38,6 +38,21 @@ log = logging.getLogger("cjs_proxy")
 #: keeps the proxy running on them instead of stopping it. gunicorn executes
 #: etc/gunicorn.py again on each reload, but this module is imported only once.
 _running: dict[str, Any] | None = None
+#: ``server.nodeId`` when the file sets none: drawn once per master (this module is
+#: imported once), so every worker and every reload of the master names itself the same.
+_generated_node_id: str | None = None
+
+
+def with_node_id(settings: config.Settings) -> config.Settings:
+    """``settings`` with ``server.nodeId`` filled in: the file's, else this master's own."""
+    global _generated_node_id
+    if settings["server.nodeId"] is not None:
+        return settings
+    if _generated_node_id is None:
+        from cjs_proxy.pipeline.loops import new_node_id
+
+        _generated_node_id = new_node_id()
+    return config.Settings({**settings, "server.nodeId": _generated_node_id}, settings.path, settings.explicit)
 
 
 def gunicorn_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
@@ -62,7 +77,7 @@ def gunicorn_settings(environ: dict[str, str] | None = None) -> dict[str, Any]:
 
 
 def _values_from_file(environ: dict[str, str]) -> dict[str, Any]:
-    settings = config.load_settings(environ=environ)
+    settings = with_node_id(config.load_settings(environ=environ))
     config.check_files(settings)
     for warning in tls_policy(settings).warnings:  # here, once: not in every worker
         sys.stderr.write(f"cjs-proxy: warning: {settings.path}: {warning}\n")

@@ -20,12 +20,14 @@ HOP_BY_HOP = frozenset({
 })
 #: Request headers set by the proxy itself; a client's copy is replaced, not kept.
 PROXY_SET = frozenset({"x-real-ip", "x-forwarded-proto", "x-forwarded-port", "x-request-id"})
+#: Set by the proxy too, but from the client's value (appended to): never nominated away.
+APPENDED = frozenset({"via"})
 #: Client headers that say where the request came from; kept only from a trusted proxy.
 FORWARDING_CLAIMS = frozenset({"x-forwarded-host", "forwarded"})
 #: Headers a client's ``Connection`` can never remove: the request's own identity and
 #: framing, and everything the proxy sets.
 NOT_NOMINATABLE = frozenset({"host", "content-length", "content-type", "x-forwarded-for"}) | PROXY_SET \
-    | FORWARDING_CLAIMS
+    | FORWARDING_CLAIMS | APPENDED
 #: Backend response headers the proxy replaces with its own, as nginx does.
 RESPONSE_REPLACED = frozenset({"server", "date"})
 #: What gunicorn accepts in a response header (RFC 9110 token and field-value).
@@ -101,13 +103,15 @@ def new_request_id() -> str:
 
 
 def upstream_request_headers(environ: Mapping[str, Any], *, host: str, routed_host: str, client_ip: str,
-                             proto: str, port: str, request_id: str, trusted_peer: bool) -> list[tuple[str, str]]:
+                             proto: str, port: str, request_id: str, trusted_peer: bool,
+                             via: str | None = None) -> list[tuple[str, str]]:
     """Headers to send to the backend: the client's, less hop-by-hop, plus X-Forwarded-*.
 
     ``host`` is the ``Host`` to send (the client's, or an absolute-form target's
     authority); ``X-Forwarded-For`` gets the TCP peer appended; ``X-Forwarded-Host`` is
     the host the proxy routed on. A client's ``X-Forwarded-Host`` and ``Forwarded`` are
     kept only from a trusted proxy (``trusted_peer``): apps build absolute URLs from them.
+    ``via``, when given, replaces the client's ``Via`` (it already holds it, this hop appended).
     """
     tokens = _connection_tokens(environ.get("HTTP_CONNECTION")) - NOT_NOMINATABLE
     headers: list[tuple[str, str]] = [("Host", host)]
@@ -124,6 +128,8 @@ def upstream_request_headers(environ: Mapping[str, Any], *, host: str, routed_ho
             continue
         if is_hop_by_hop(name, tokens) or lower in PROXY_SET or lower in ("x-forwarded-for", "expect"):
             continue
+        if lower == "via" and via is not None:
+            continue
         headers.append((name, value))
     if environ.get("CONTENT_TYPE"):
         headers.append(("Content-Type", environ["CONTENT_TYPE"]))
@@ -136,6 +142,8 @@ def upstream_request_headers(environ: Mapping[str, Any], *, host: str, routed_ho
         headers.append(("X-Forwarded-Host", routed_host))
     headers += [("X-Real-IP", client_ip), ("X-Forwarded-Proto", proto), ("X-Forwarded-Port", port),
                 ("X-Request-ID", request_id)]
+    if via is not None:
+        headers.append(("Via", via))
     return headers
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from cjs_proxy.boundedcache import BoundedCache
 from cjs_proxy.eventlog import EventLog
-from cjs_proxy.exceptions import InvalidFrontend, NoLiveBackend
+from cjs_proxy.exceptions import BackendDenied, BackendUnavailable, InvalidFrontend, NoLiveBackend
 from cjs_proxy.pipeline.router import Route
 from cjs_proxy.pipeline.store import RouteStore, StoreError
 
@@ -151,6 +151,19 @@ class BackendHealth:
             self.record_failure(route, backend, f"answered {status}")
         else:
             self.streaks.pop((route.host, backend.url), None)
+
+    def record_error(self, route: Route, backend: Backend, error: BackendUnavailable) -> None:
+        """A transport failure: counted against the backend, unless it was never tried.
+
+        A backend in ``server.denyBackends`` is forbidden, not unwell: it is reported in
+        one line per frontend and interval, naming the ``frontend:`` key, and never
+        marked dead (a mark would be published to every Hipache tool listening).
+        """
+        if isinstance(error, BackendDenied):
+            key = self.store.keys.frontend(route.frontend.key)
+            self.events.record(f"denied:{key}", f"{key}: backend #{backend.id} refused: {error.detail}")
+            return
+        self.record_failure(route, backend, error.detail)
 
     def record_failure(self, route: Route, backend: Backend, reason: str) -> None:
         """One more failure in a row; the ``dead_after``-th marks the backend dead and starts over."""

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from cjs_proxy.exceptions import BadRequest, MethodNotAllowed, PayloadTooLarge, UnsupportedTransferCoding
 from cjs_proxy.pipeline.headers import is_trusted, new_request_id, upstream_request_headers
-from cjs_proxy.pipeline.upstream import RequestBody
+from cjs_proxy.pipeline.request_body import RequestBody
 
 Headers = list[tuple[str, str]]
 #: What a forwarded ``X-Request-ID`` may look like (it is logged unquoted).
@@ -38,6 +38,8 @@ class ClientRequest:
     #: True when the peer is in ``server.trustedProxies``: its forwarding headers are kept.
     trusted_peer: bool
     body: RequestBody | None
+    #: The ``Via`` to forward (the client's plus this hop); None leaves the client's as it is.
+    via: str | None = None
 
     def upstream_headers(self) -> Headers:
         """The headers the backend is sent (hop-by-hop removed, ``X-Forwarded-*`` added)."""
@@ -45,7 +47,7 @@ class ClientRequest:
         return upstream_request_headers(
             environ, host=self.host_header, routed_host=self.host, client_ip=self.client_ip,
             proto=request_scheme(environ), port=environ.get("SERVER_PORT", ""), request_id=self.request_id,
-            trusted_peer=self.trusted_peer)
+            trusted_peer=self.trusted_peer, via=self.via)
 
 
 def refuse_connect(environ: dict[str, Any]) -> None:

@@ -42,6 +42,13 @@ def readable_now(*sockets: HasFileno | int) -> bool:
     return bool(poller.poll(0))
 
 
+def writable_now(sock: HasFileno | int) -> bool:
+    """True when ``sock`` has room in its send buffer right now (or an error to report); answers at once."""
+    poller = _kernel_poll()
+    poller.register(sock, select.POLLOUT)
+    return bool(poller.poll(0))
+
+
 class Pacer:
     """Counts the bytes a copy loop moves and lets the other greenlets run every ``YIELD_EVERY`` bytes.
 

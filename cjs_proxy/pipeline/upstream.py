@@ -16,10 +16,9 @@ import http.cookiejar
 import socket
 import ssl
 from collections.abc import Callable, Iterator
-from typing import Any, BinaryIO, cast
+from typing import Any, cast
 
 import requests
-from gunicorn.http.errors import NoMoreData, ParseException
 from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.exceptions import ClosedPoolError, EmptyPoolError
@@ -31,21 +30,15 @@ from cjs_proxy.exceptions import (
     BackendClosed,
     BackendTimeout,
     BackendUnavailable,
-    BadRequest,
-    ClientClosedRequest,
-    PayloadTooLarge,
-    RequestTimeout,
 )
+from cjs_proxy.pipeline.addresses import Network, allowed_addresses, connect_checked
 from cjs_proxy.pipeline.http1 import ResponseHead, ResponseReader, UpstreamBroken, encode_request_head
-from cjs_proxy.pipeline.sockets import Pacer, readable_now
+from cjs_proxy.pipeline.request_body import RequestBody
+from cjs_proxy.pipeline.slow_clients import ClientWatch, PoolShare, SlowClients
+from cjs_proxy.pipeline.sockets import readable_now
 
 __all__ = ["BackendAdapter", "RequestBody", "Upstream", "UpstreamBroken", "UpstreamResponse", "make_session"]
 
-#: Bytes read from the client's body per step. A stalled upload holds up to one step's
-#: worth in gunicorn's buffers, so steps are small; the worker reads the socket in steps
-#: of the same size (``workers.client_connection.BODY_RECV_SIZE``), so gunicorn's reader
-#: never buffers more than a step either and has little to copy on each read.
-BODY_READ_SIZE = 64 * 1024
 #: Backend pools kept per worker; the least recently used is closed past this.
 BACKEND_POOLS = 1000
 Headers = list[tuple[str, str]]
@@ -55,10 +48,12 @@ class BackendConnection:
     """One connection to a backend, (re)opened on demand, reused while in a known state."""
 
     def __init__(self, host: str, port: int | None, timeout: Any = None, *,
-                 tls: ssl.SSLContext | None = None, **_urllib3_kwargs: Any) -> None:
+                 tls: ssl.SSLContext | None = None, deny: tuple[Network, ...] = (), **_urllib3_kwargs: Any) -> None:
         self.host = host
         self.port = port or (443 if tls else 80)
         self.tls = tls
+        #: ``server.denyBackends``: addresses this connection never goes to.
+        self.deny = deny
         self.sock: socket.socket | None = None
 
     @property
@@ -69,12 +64,9 @@ class BackendConnection:
         return sock is not None and not readable_now(sock)
 
     def connect(self, timeout: float, backend_url: str) -> socket.socket:
-        try:
-            sock = socket.create_connection((self.host, self.port), timeout=timeout)
-        except TimeoutError as exc:
-            raise BackendTimeout(f"{backend_url}: connect timed out", before_request=True) from exc
-        except OSError as exc:
-            raise BackendUnavailable(f"{backend_url}: {exc.strerror or exc}", before_request=True) from exc
+        """Resolve, check every address against ``deny``, connect to a checked one (never resolve twice)."""
+        addresses = allowed_addresses(self.host, self.port, self.deny, backend_url)
+        sock = connect_checked(addresses, timeout, backend_url)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.tls is not None:
             try:
@@ -101,9 +93,18 @@ class BackendPool(HTTPConnectionPool):
 
     ConnectionCls = BackendConnection  # type: ignore[assignment]
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Its slow transfers' share, and the requests waiting for one of its connections.
+        self.share = PoolShare(self.pool.maxsize if self.pool is not None else 1)
+
     def checkout(self, timeout: float) -> BackendConnection:
         """A connection (open and idle, or not yet open); waits up to ``timeout`` for a free one."""
-        return cast(BackendConnection, self._get_conn(timeout=timeout))
+        self.share.waiting += 1
+        try:
+            return cast(BackendConnection, self._get_conn(timeout=timeout))
+        finally:
+            self.share.waiting -= 1
 
     def checkin(self, conn: BackendConnection) -> None:
         self._put_conn(conn)  # type: ignore[arg-type]
@@ -150,47 +151,6 @@ def make_session(max_sockets: int) -> requests.Session:
     return session
 
 
-class RequestBody:
-    """The client's body as an iterator of chunks, checked against its declared length."""
-
-    def __init__(self, stream: BinaryIO, length: int | None, limit: int | None = None) -> None:
-        self.stream = stream
-        self.length = length
-        self.limit = limit  # server.maxRequestBodySize, enforced as a chunked body streams
-        self.sent = 0
-
-    def __iter__(self) -> Iterator[bytes]:
-        """The body in steps of ``BODY_READ_SIZE``, giving way to other clients as it streams."""
-        remaining = self.length
-        pacer = Pacer()
-        while remaining is None or remaining > 0:
-            size = BODY_READ_SIZE if remaining is None else min(BODY_READ_SIZE, remaining)
-            chunk = self._read(size)
-            if not chunk:
-                if remaining:
-                    raise ClientClosedRequest(f"client sent {self.sent} of {self.length} body bytes")
-                return
-            self.sent += len(chunk)
-            if self.limit is not None and self.sent > self.limit:
-                raise PayloadTooLarge(f"chunked body exceeds {self.limit} bytes")
-            if remaining is not None:
-                remaining -= len(chunk)
-            yield chunk
-            pacer.moved(len(chunk))
-
-    def _read(self, size: int) -> bytes:
-        try:
-            return self.stream.read(size)
-        except NoMoreData as exc:
-            raise ClientClosedRequest("client closed the connection mid-body") from exc
-        except TimeoutError as exc:  # the client socket's timeout is server.bodyTimeout
-            raise RequestTimeout(f"client sent nothing more after {self.sent} body bytes") from exc
-        except OSError as exc:
-            raise ClientClosedRequest(f"client connection lost: {exc}") from exc
-        except ParseException as exc:
-            raise BadRequest(f"malformed request body: {exc}") from exc
-
-
 class UpstreamResponse:
     """A backend's answer whose body has not been read yet; ``close`` settles its connection."""
 
@@ -204,6 +164,10 @@ class UpstreamResponse:
         self.conn = conn
         self.pool = pool
         self._closed = False
+        #: Gives back what this connection counts against outside the pools (a tunnel's slot).
+        self.on_release: Callable[[], None] | None = None
+        #: The client's waits, watched while the body is relayed (``slow_clients``).
+        self.watch: ClientWatch | None = None
 
     @property
     def backend_url(self) -> str:
@@ -215,6 +179,8 @@ class UpstreamResponse:
 
     def iter_body(self) -> Iterator[bytes]:
         """Relay the body as it arrives; ``UpstreamBroken`` if the backend cuts it short."""
+        if self.watch is not None:
+            return self.watch.relay(self.reader.iter_body())
         return self.reader.iter_body()
 
     def detach(self) -> tuple[socket.socket, bytes]:
@@ -230,17 +196,34 @@ class UpstreamResponse:
         if self._closed:
             return
         self._closed = True
-        if not (self.reader.complete and self.reader.reusable):
-            self.conn.close()
-        if self.pool is not None:
-            self.pool.checkin(self.conn)
+        try:
+            if not (self.reader.complete and self.reader.reusable):
+                self.conn.close()
+            if self.pool is not None:
+                self.pool.checkin(self.conn)
+        finally:
+            self.release_slot()
+
+    def release_slot(self) -> None:
+        """Once the connection is gone (closed, or a detached tunnel ended): its slot back (idempotent)."""
+        release, self.on_release = self.on_release, None
+        if release is not None:
+            release()
 
 
 class Upstream:
     """Sends requests to backends through per-backend pools owned by one session."""
 
-    def __init__(self, session: requests.Session, connect_timeout: float, read_timeout: float) -> None:
+    def __init__(self, session: requests.Session, connect_timeout: float, read_timeout: float,
+                 deny: tuple[Network, ...] = (), max_tunnels: int = 1000) -> None:
         self.session = session
+        #: ``websocket.maxPerBackend``: tunnels are outside the pools, so bounded here.
+        self.max_tunnels = max_tunnels
+        self.tunnels: dict[str, int] = {}
+        #: Transfers that hold a pooled connection while they wait on their client.
+        self.slow = SlowClients()
+        #: ``server.denyBackends``, handed to every connection the pools make.
+        self.deny = deny
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self.pool_timeout = connect_timeout
@@ -253,29 +236,69 @@ class Upstream:
         if pool is None:
             adapter = cast(BackendAdapter, self.session.get_adapter(backend_url))
             pool = cast(BackendPool, adapter.poolmanager.connection_from_url(backend_url))
+            pool.conn_kw["deny"] = self.deny  # its connections are made lazily, with these
             self._pools[backend_url] = pool
         return pool
 
     def send(self, backend_url: str, method: str, target: str, headers: Headers, body: RequestBody | None,
-             on_informational: Callable[[ResponseHead], None] | None = None) -> UpstreamResponse:
-        """Send the request on a pooled connection and read the response head."""
-        pool = self.pool_for(backend_url)
+             on_informational: Callable[[ResponseHead], None] | None = None,
+             client: socket.socket | None = None) -> UpstreamResponse:
+        """Send the request on a pooled connection and read the response head.
+
+        The body's first bytes are read before a connection is taken; while one is held,
+        the waits on ``client`` are watched (``slow_clients``).
+        """
+        if body is not None and not body.buffered and not body.complete:
+            body.preread()
+        watched = client is not None
         try:
-            conn = self._checkout(pool, backend_url)
+            pool, conn, lane = self._connection(backend_url, body, watched)
         except ClosedPoolError:  # the session evicted this pool: take a fresh one, once
             self._pools.pop(backend_url, None)
-            pool = self.pool_for(backend_url)
-            conn = self._checkout(pool, backend_url)
+            pool, conn, lane = self._connection(backend_url, body, watched)
         if body is not None and body.length is None:  # the length is unknown: chunked, re-framed by us
             headers = [*headers, ("Transfer-Encoding", "chunked")]
         head = encode_request_head(method, target, headers)
+        watch = self.slow.watch(pool.share, client, backend_url, lane) if client is not None else None
+        if body is not None:
+            body.watch = watch
         try:
             reader, response_head = self._exchange(conn, backend_url, head, body, method, on_informational)
         except BaseException:
             conn.close()
             pool.checkin(conn)
+            if watch is not None:
+                watch.close()
             raise
-        return UpstreamResponse(reader, response_head, conn, pool)
+        finally:
+            if body is not None:
+                body.watch = None
+        response = UpstreamResponse(reader, response_head, conn, pool)
+        if watch is not None:
+            response.watch, response.on_release = watch, watch.close
+        return response
+
+    def _connection(self, backend_url: str, body: RequestBody | None,
+                    watched: bool) -> tuple[BackendPool, BackendConnection, bool]:
+        """The pool, a connection from it, and whether a slow lane was taken for the upload."""
+        pool = self.pool_for(backend_url)
+        lane = watched and self._upload_lane(pool, backend_url, body)
+        try:
+            return pool, self._checkout(pool, backend_url), lane
+        except BaseException:
+            if lane:
+                pool.share.give_back_lane()
+            raise
+
+    def _upload_lane(self, pool: BackendPool, backend_url: str, body: RequestBody | None) -> bool:
+        """A body still streaming after its pre-read is a slow transfer from the start: it waits
+        for one of the pool's slow lanes (503 past the pool's timeout), so uploads never take the
+        connections kept for the others. True when a lane was taken (the watch gives it back)."""
+        if body is None or body.complete or pool.share.lanes == 0:
+            return False
+        if not pool.share.take_lane(self.pool_timeout):
+            raise BackendBusy(f"{backend_url}: all {pool.share.lanes} connections for slow transfers busy")
+        return True
 
     def _checkout(self, pool: BackendPool, backend_url: str) -> BackendConnection:
         try:
@@ -292,14 +315,31 @@ class Upstream:
         response, relayed as such; any other ``101`` is a ``BackendProtocolError``.
         """
         pool = self.pool_for(backend_url)
-        conn = BackendConnection(pool.host, pool.port, tls=pool.conn_kw.get("tls"))
+        self._take_tunnel(backend_url)
+        conn = BackendConnection(pool.host, pool.port, tls=pool.conn_kw.get("tls"), deny=self.deny)
         head = encode_request_head(method, target, headers)
         try:
             reader, response_head = self._exchange(conn, backend_url, head, None, method, None, upgrade)
         except BaseException:
             conn.close()
+            self._give_back_tunnel(backend_url)
             raise
-        return UpstreamResponse(reader, response_head, conn, None)
+        response = UpstreamResponse(reader, response_head, conn, None)
+        response.on_release = lambda: self._give_back_tunnel(backend_url)
+        return response
+
+    def _take_tunnel(self, backend_url: str) -> None:
+        """One more tunnel to ``backend_url``, or 503 at ``websocket.maxPerBackend``: each holds a
+        backend socket for as long as it lives, which no pool bounds."""
+        count = self.tunnels.get(backend_url, 0)
+        if count >= self.max_tunnels:
+            raise BackendBusy(f"{backend_url}: {count} WebSocket tunnels open (websocket.maxPerBackend)")
+        self.tunnels[backend_url] = count + 1
+
+    def _give_back_tunnel(self, backend_url: str) -> None:
+        count = self.tunnels.pop(backend_url, 0) - 1
+        if count > 0:
+            self.tunnels[backend_url] = count
 
     def _exchange(self, conn: BackendConnection, backend_url: str, head: bytes, body: RequestBody | None,
                   method: str, on_informational: Callable[[ResponseHead], None] | None,
@@ -319,7 +359,7 @@ class Upstream:
                 self._write_request(sock, backend_url, head, body)
                 return reader, reader.read_head(method, upgrade, on_informational)
             except BackendClosed:
-                if not reused or (body is not None and body.sent):
+                if not reused or (body is not None and body.sent and not body.replayable):
                     raise
                 conn.close()
                 reused = False

@@ -86,7 +86,10 @@ def open_tunnel(upstream: Upstream, backend_url: str, method: str, target: str,
 
 def run_tunnel(switching: UpstreamResponse, client: socket.socket, idle_timeout: float,
                max_duration: float | None, host: str) -> TunnelOutcome:
-    """After a ``101``: relay the backend's handshake verbatim, then pipe until both sides are done."""
+    """After a ``101``: relay the backend's handshake verbatim, then pipe until both sides are done.
+
+    The tunnel's slot (``websocket.maxPerBackend``) is given back once its backend socket is closed.
+    """
     backend, early_bytes = switching.detach()
     try:
         client.sendall(switching.head.raw)
@@ -95,6 +98,8 @@ def run_tunnel(switching: UpstreamResponse, client: socket.socket, idle_timeout:
         log.info("%s: websocket client went away during the handshake: %s", host, exc)
         backend.close()
         return ABORTED
+    finally:
+        switching.release_slot()
     return TunnelOutcome(stats.backend_to_client, stats.log_field())
 
 

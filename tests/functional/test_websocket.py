@@ -138,3 +138,30 @@ def test_thousand_concurrent_tunnels_through_one_worker(make_proxy, rdb, ws_back
     results = asyncio.run(main())
     failures = [r for r in results if r is not True]
     assert failures == []
+
+
+def test_tunnels_per_backend_are_bounded(make_proxy, rdb, ws_backend, host):
+    """websocket.maxPerBackend: tunnels are outside the pools; past the bound, 503, and a slot
+    comes back when a tunnel ends."""
+    proxy = make_proxy(websocket_maxPerBackend=2)
+    rdb.rpush(f"frontend:{host}", "ws-app", ws_backend.url)
+    open_tunnels = [connect(proxy, host) for _ in range(2)]
+    try:
+        with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+            connect(proxy, host)
+        assert refused.value.status_code == 503
+        open_tunnels.pop().close()
+
+        def reopened():
+            try:
+                open_tunnels.append(connect(proxy, host))
+            except websocket.WebSocketBadStatusException:
+                return False
+            return True
+
+        wait_for(reopened, what="a tunnel slot given back")
+        open_tunnels[-1].send("still works")
+        assert open_tunnels[-1].recv() == "still works"
+    finally:
+        for ws in open_tunnels:
+            ws.close()

@@ -110,8 +110,8 @@ class FakeHealth:
                 return Backend(backend_id, url)
         raise NoLiveBackend(f"{route.host}: no backend left")
 
-    def record_failure(self, route: Route, backend: Backend, reason: str) -> None:
-        self.failures.append((backend.url, reason))
+    def record_error(self, route: Route, backend: Backend, error: BackendUnavailable) -> None:
+        self.failures.append((backend.url, error.detail))
 
     def check_answer(self, route: Route, backend: Backend, status: int, headers: list[tuple[str, str]]) -> None:
         self.answers.append((backend.url, status))
@@ -149,6 +149,9 @@ class FakeResponse:
     def close(self) -> None:
         self.closed = True
 
+    def release_slot(self) -> None:
+        self.released = True
+
 
 class FakeUpstream:
     """Answers per backend URL, in order: a ``FakeResponse`` or an exception to raise.
@@ -165,7 +168,7 @@ class FakeUpstream:
         self.closed = False
 
     def send(self, backend_url: str, method: str, target: str, headers: list[tuple[str, str]],
-             body: Any, early_hints: Any = None) -> FakeResponse:
+             body: Any, early_hints: Any = None, client: Any = None) -> FakeResponse:
         self.sent.append((backend_url, method, target, headers))
         if body is not None and self.consume:
             for _chunk in body:

@@ -170,6 +170,11 @@ class ScriptedBackend:
         with self._lock:
             return self.connections[connection].closed
 
+    def connection_ids(self) -> list[int]:
+        """The ids of every connection the proxy has opened so far."""
+        with self._lock:
+            return sorted(self.connections)
+
     # --------------------------------------------------------------- lifecycle
 
     def stop(self) -> None:

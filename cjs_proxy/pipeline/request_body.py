@@ -60,11 +60,15 @@ class RequestBody:
 
     def __iter__(self) -> Iterator[bytes]:
         self.sent = 0
-        for chunk in self.buffered:
+        if self.complete:  # the whole body is here: kept, so a retry can send it again
+            for chunk in self.buffered:
+                self.sent += len(chunk)
+                yield chunk
+            return
+        while self.buffered:  # the pre-read start of a longer body: let go of it once sent
+            chunk = self.buffered.pop(0)
             self.sent += len(chunk)
             yield chunk
-        if self.complete:
-            return
         pacer = Pacer()  # a body at full speed never blocks: give way to the worker's other clients
         while True:
             chunk = self._watched_next(BODY_READ_SIZE)

@@ -36,11 +36,26 @@ def is_denied(address: str, deny: Sequence[Network]) -> bool:
     return any(candidate in net for candidate in candidates for net in deny)
 
 
+def literal_address(host: str, port: int) -> list[AddrInfo] | None:
+    """``getaddrinfo``'s answer for an IP literal, without asking it.
+
+    Under gevent, ``getaddrinfo`` goes through a thread pool even for ``127.0.0.1``: a
+    round trip to another thread for every new backend connection, for nothing to resolve.
+    """
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if ip.version == 4:
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port))]
+    return [(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (host, port, 0, 0))]
+
+
 def allowed_addresses(host: str, port: int, deny: Sequence[Network], backend_url: str,
                       resolve: Resolver = socket.getaddrinfo) -> list[AddrInfo]:
     """The addresses of ``host`` a connection may go to; ``BackendDenied`` when none is left."""
     try:
-        infos = list(resolve(host, port, 0, socket.SOCK_STREAM))
+        infos = literal_address(host, port) or list(resolve(host, port, 0, socket.SOCK_STREAM))
     except OSError as exc:  # socket.gaierror included
         raise BackendUnavailable(f"{backend_url}: cannot resolve {host!r}: {exc.strerror or exc}",
                                  before_request=True) from exc

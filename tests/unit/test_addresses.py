@@ -56,3 +56,18 @@ def test_connection_goes_to_the_checked_address():
         checked = allowed_addresses("anything", port, LINK_LOCAL, "http://anything", resolve)
         with connect_checked(checked, 2.0, "http://anything") as sock:
             assert sock.getpeername() == ("127.0.0.1", port)
+
+
+@pytest.mark.parametrize(("host", "family"), [("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6)])
+def test_an_ip_literal_is_not_resolved(host: str, family: int) -> None:
+    resolve, calls = resolver("10.9.9.9")
+    allowed = allowed_addresses(host, 8080, LINK_LOCAL, f"http://{host}:8080", resolve)
+    assert calls == []
+    assert [(info[0], info[4][:2]) for info in allowed] == [(family, (host, 8080))]
+
+
+def test_a_denied_ip_literal_is_refused_without_resolving() -> None:
+    resolve, calls = resolver()
+    with pytest.raises(BackendDenied):
+        allowed_addresses("169.254.169.254", 80, LINK_LOCAL, "http://169.254.169.254", resolve)
+    assert calls == []

@@ -121,7 +121,7 @@ class ProxyApp:
         request = self._read_request(exchange, target, host_header or host, host)
         route = exchange.route = self.router.resolve(host, self.limiter.script_args(request.client_ip))
         self._note_limits(exchange, route)
-        limit_headers = self.limiter.check(route, request.client_ip)
+        limit_headers = self.limiter.check(route, request.client_ip, exchange.verdict)
         if is_upgrade(environ) and "gunicorn.socket" in environ:
             return self._tunnel(exchange, request, route, start_response, limit_headers)
         response = self._send_with_retries(exchange, request, route, self._forward)
@@ -138,11 +138,12 @@ class ProxyApp:
         """The client, its request id and its body (refused here when too large, oddly coded or looping)."""
         environ = exchange.environ
         refuse_loop(environ, self.node_id)
+        peer_trusted = trusted_peer(environ, self.trusted)
         exchange.client_ip = client_address(environ, self.trusted)
-        exchange.request_id = request_id(environ, self.trusted)
+        exchange.request_id = request_id(environ, peer_trusted)
         body = request_body(environ, self.max_body)
         return ClientRequest(environ, environ["REQUEST_METHOD"], target, host_header, host,
-                             exchange.client_ip, exchange.request_id, trusted_peer(environ, self.trusted), body,
+                             exchange.client_ip, exchange.request_id, peer_trusted, body,
                              forwarded_via(environ, self.node_id))
 
     def _send_with_retries(self, exchange: Exchange, request: ClientRequest, route: Route,

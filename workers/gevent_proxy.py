@@ -111,6 +111,8 @@ class ProxyWorker(GeventWorker):
     server_header = "cjs-proxy"
     #: The clocks and head budget of client connections (``ClientConnection``), set in ``load_wsgi``.
     client_limits: ClientLimits | None = None
+    #: ``WorkerSettings`` view, built once in ``load_wsgi`` (before ``run``).
+    options: WorkerSettings
     # Set by gunicorn's Worker (untyped): declared so the uses below are checked.
     max_requests: int
     retire_after: int
@@ -146,7 +148,7 @@ class ProxyWorker(GeventWorker):
 
     def run(self) -> None:
         """Start the memory watchdog, then serve (gunicorn's loop); say when accepting."""
-        options = view(WorkerSettings, self.proxy_settings)
+        options = self.options
         self.requests_per_connection = options.requests_per_connection
         if options.max_memory_mb is not None:
             gevent.spawn(MemoryWatchdog(options.max_memory_mb, options.memory_check_interval,
@@ -272,7 +274,7 @@ class ProxyWorker(GeventWorker):
         super().load_wsgi()
         self.wsgi = self._answer_and_time(self.wsgi)
         self.client_limits = view(ClientLimits, settings)
-        options = view(WorkerSettings, settings)
+        options = self.options = view(WorkerSettings, settings)
         self.server_header = options.server_header
         gunicorn_wsgi.SERVER = self.server_header
         self.error_pages = ErrorPages(options.static_dir)

@@ -12,10 +12,11 @@ import importlib.util
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
+
+from cjs_proxy.lifecycle.admin_server import RedisProbe
 
 log = logging.getLogger("cjs_proxy.lifecycle.embedded")
 
@@ -47,15 +48,8 @@ def find_redis_server(configured: str | None = None) -> str:
 
 
 def ping(socket_path: Path, timeout: float = 0.5) -> bool:
-    """True when a Redis answers PING on the unix socket."""
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(str(socket_path))
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
+    """True when a Redis answers PING on the unix socket (the admin listener's ``/readyz`` probe)."""
+    return RedisProbe(f"unix://{os.path.abspath(socket_path)}", timeout)() is None
 
 
 class EmbeddedRedis:

@@ -128,13 +128,17 @@ class RateLimiter:
             return None
         return LimitVerdict.decode(route.limit_answer)
 
-    def check(self, route: Route, client_ip: str) -> list[tuple[str, str]]:
-        """Headers for an allowed request; raises ``RateLimited`` or ``LimiterUnavailable``."""
+    def check(self, route: Route, client_ip: str, verdict: LimitVerdict | None = None) -> list[tuple[str, str]]:
+        """Headers for an allowed request; raises ``RateLimited`` or ``LimiterUnavailable``.
+
+        ``verdict`` is ``self.verdict(route)`` when the caller has it already (the pipeline
+        notes it for the log and metrics first): the answer is decoded once per request.
+        """
         if not self.enabled:
             return []
         if route.limit_answer is None:
             return self._fallback(route)
-        verdict = LimitVerdict.decode(route.limit_answer)
+        verdict = verdict or LimitVerdict.decode(route.limit_answer)
         if not verdict.tier_known:
             self.events.record(f"tier:{route.host}", f"{route.host}: unknown tier in Redis, "
                                f"using {verdict.tier!r}")

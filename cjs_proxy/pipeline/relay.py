@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import socket
-import struct
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,7 +18,7 @@ from cjs_proxy.exceptions import BackendUnavailable
 from cjs_proxy.pipeline.error_pages import reason_phrase
 from cjs_proxy.pipeline.exchange import Exchange
 from cjs_proxy.pipeline.http1 import ResponseHead, UpstreamBroken
-from cjs_proxy.pipeline.sockets import Pacer
+from cjs_proxy.pipeline.sockets import Pacer, reset_on_close
 
 log = logging.getLogger("cjs_proxy.pipeline.relay")
 
@@ -97,7 +95,7 @@ def reset_client(environ: dict[str, Any]) -> None:
     if sock is None:
         return
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset_on_close(sock)
     except OSError:
         pass  # already gone: nothing left to reset
     sock.close()

@@ -90,10 +90,10 @@ def trusted_peer(environ: dict[str, Any], trusted: tuple) -> bool:
     return bool(trusted) and is_trusted(environ.get("REMOTE_ADDR", ""), trusted)
 
 
-def request_id(environ: dict[str, Any], trusted: tuple) -> str:
-    """A client's ``X-Request-ID`` is kept only from a trusted proxy; otherwise a new one."""
+def request_id(environ: dict[str, Any], peer_trusted: bool) -> str:
+    """A client's ``X-Request-ID`` is kept only from a trusted proxy (``trusted_peer``); otherwise a new one."""
     given = environ.get("HTTP_X_REQUEST_ID")
-    if given and REQUEST_ID.fullmatch(given) and trusted_peer(environ, trusted):
+    if given and peer_trusted and REQUEST_ID.fullmatch(given):
         return given
     return new_request_id()
 

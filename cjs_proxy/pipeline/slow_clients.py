@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import logging
 import socket
-import struct
 from collections.abc import Iterator
 
 import gevent
 from gevent.lock import Semaphore
 
 from cjs_proxy.eventlog import EventLog
-from cjs_proxy.pipeline.sockets import writable_now
+from cjs_proxy.pipeline.sockets import reset_on_close, writable_now
 
 log = logging.getLogger("cjs_proxy.pipeline.slow_clients")
 
@@ -183,7 +182,7 @@ def reset(client: socket.socket) -> None:
     except (OSError, ValueError):
         return  # already closed
     try:
-        alias.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset_on_close(alias)
         alias.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass  # the peer is gone already: nothing left to wake

@@ -14,6 +14,8 @@ makes gevent switch.
 from __future__ import annotations
 
 import select
+import socket
+import struct
 from typing import Protocol
 
 import gevent
@@ -22,6 +24,7 @@ from gevent import monkey
 #: Bytes a copy loop may move through a socket before it lets the worker's other greenlets run.
 YIELD_EVERY = 64 * 1024
 
+_LINGER_ZERO = struct.pack("ii", 1, 0)
 #: The kernel's poll, not gevent's (poll, unlike select, takes descriptors above 1024).
 _kernel_poll = monkey.get_original("select", "poll")
 
@@ -30,23 +33,31 @@ class HasFileno(Protocol):
     def fileno(self) -> int: ...
 
 
+def _ready_now(events: int, sockets: tuple[HasFileno | int, ...]) -> bool:
+    poller = _kernel_poll()
+    for sock in sockets:
+        poller.register(sock, events)
+    return bool(poller.poll(0))
+
+
 def readable_now(*sockets: HasFileno | int) -> bool:
     """True when any of ``sockets`` (objects with ``fileno()``, or descriptors) has bytes
     to read, an error pending, or was closed by its peer; answers at once.
 
     POLLERR and POLLHUP are always reported, so a closed socket reads as readable.
     """
-    poller = _kernel_poll()
-    for sock in sockets:
-        poller.register(sock, select.POLLIN)
-    return bool(poller.poll(0))
+    return _ready_now(select.POLLIN, sockets)
 
 
 def writable_now(sock: HasFileno | int) -> bool:
     """True when ``sock`` has room in its send buffer right now (or an error to report); answers at once."""
-    poller = _kernel_poll()
-    poller.register(sock, select.POLLOUT)
-    return bool(poller.poll(0))
+    return _ready_now(select.POLLOUT, (sock,))
+
+
+def reset_on_close(sock: socket.socket) -> None:
+    """``SO_LINGER`` on, 0 s: closing ``sock`` sends an RST, not a FIN, so a client that
+    does not check lengths can never take a cut answer for a whole one."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
 
 
 class Pacer:

@@ -248,8 +248,8 @@ class Upstream:
         The body's first bytes are read before a connection is taken; while one is held,
         the waits on ``client`` are watched (``slow_clients``).
         """
-        if body is not None and not body.buffered and not body.complete:
-            body.preread()
+        if body is not None:
+            body.preread()  # a no-op once done (a retry)
         watched = client is not None
         try:
             pool, conn, lane = self._connection(backend_url, body, watched)

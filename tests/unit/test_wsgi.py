@@ -91,7 +91,7 @@ class FakeLimiter:
     def verdict(self, route: Route) -> None:
         return None
 
-    def check(self, route: Route, client_ip: str) -> list[tuple[str, str]]:
+    def check(self, route: Route, client_ip: str, verdict: None = None) -> list[tuple[str, str]]:
         if isinstance(self.outcome, Exception):
             raise self.outcome
         return list(self.outcome)

@@ -320,7 +320,7 @@ def create_app(settings: config.Settings) -> ProxyApp:
         view(MetricsSettings, settings)
     metrics = build_metrics(bool(config.admin_addresses(settings)), monitoring.per_frontend, monitoring.max_frontends)
     store = MeasuredStore.measured(
-        RouteStore.from_urls(read_url, write_url, routing.redis_timeout, REDIS_POOL_SIZE), metrics)
+        RouteStore.from_urls(read_url, write_url, routing.redis_timeout, REDIS_POOL_SIZE, coalesce=True), metrics)
     cache = MeasuredRouteCache(InvalidationFeed(read_url, routing.redis_timeout)) if routing.route_cache else None
     if cache is not None:
         cache.metrics = metrics

@@ -25,7 +25,7 @@ class MeasuredStore(RouteStore):
         """``store`` itself with metrics off; else the same connections, measured."""
         if not metrics.enabled:
             return store
-        measured = cls(store.reader, store.writer, store.keys.prefix)
+        measured = cls(store.reader, store.writer, store.keys.prefix, coalesce=store.coalesce)
         measured.metrics = metrics
         return measured
 

@@ -2,7 +2,8 @@
 
 A lookup is one EVALSHA of ``lua/route.lua``: the first non-empty ``frontend:`` list
 among the candidates and ``dead:<host>``, plus the rate limiter's decision when it asks:
-its arguments and its answer are ``ratelimit``'s, passed through unread.
+its arguments and its answer are ``ratelimit``'s, passed through unread. In a worker,
+limited lookups of one loop turn share their round trip (``coalesce``).
 A dead mark is one EVALSHA of ``lua/mark_dead.lua`` on the write URL. Key names come
 from ``redis_keys``; the operator's writes and scans are ``cjs_proxy.admin.store``'s.
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 import redis
 
+from cjs_proxy.pipeline.coalesce import ScriptBatcher
 from cjs_proxy.pipeline.redis_keys import (
     CHECKER_PING_FRESH,
     CHECKER_PING_KEY,
@@ -90,11 +92,16 @@ def connect_pair(read_url: str, write_url: str, timeout: float,
 class RouteStore:
     """What a request needs from Redis: its route (with its limits) and, on failure, a dead mark."""
 
-    def __init__(self, reader: redis.Redis, writer: redis.Redis, prefix: str = "") -> None:
+    def __init__(self, reader: redis.Redis, writer: redis.Redis, prefix: str = "",
+                 coalesce: bool = False) -> None:
         self.reader = reader
         self.writer = writer
         self.keys = KeySpace(prefix)
         self._route_script = LuaScript(LUA_DIR / "route.lua")
+        #: With ``coalesce`` (a gevent worker), limited lookups of one loop turn share a round trip.
+        self.coalesce = coalesce
+        self._limited_script = (ScriptBatcher(writer, self._route_script.sha, self._route_script.source)
+                                if coalesce else None)
         self._mark_script = LuaScript(LUA_DIR / "mark_dead.lua")
         #: The route script's first arguments when it applies limits: where to find tiers
         #: and keep counters.
@@ -102,8 +109,8 @@ class RouteStore:
 
     @classmethod
     def from_urls(cls, read_url: str, write_url: str, timeout: float,
-                  max_connections: int) -> RouteStore:
-        return cls(*connect_pair(read_url, write_url, timeout, max_connections))
+                  max_connections: int, coalesce: bool = False) -> RouteStore:
+        return cls(*connect_pair(read_url, write_url, timeout, max_connections), coalesce=coalesce)
 
     def lookup(self, candidates: list[str], host: str,
                limit_args: tuple[str, ...] | None = None) -> tuple[Frontend, LimitAnswer | None] | None:
@@ -121,7 +128,10 @@ class RouteStore:
         else:
             client, args = self.writer, (*self._limit_key_prefixes, *limit_args)
         try:
-            reply = self._route_script(client, keys, args)
+            if self._limited_script is not None and limit_args is not None:
+                reply = self._limited_script(keys, args)
+            else:
+                reply = self._route_script(client, keys, args)
         except redis.exceptions.RedisError as exc:
             raise StoreError(f"{type(exc).__name__}: {exc}") from exc
         position = int(reply[0])

@@ -1,0 +1,115 @@
+"""Limited lookups of one loop turn share one pipelined round trip, each still its own script call.
+
+Against the session's real redis-server: the batcher's replies must be exactly what each
+call would have got alone, in order, whatever Redis answers (errors, a flushed script cache).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import gevent
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from cjs_proxy.pipeline import coalesce
+from cjs_proxy.pipeline.coalesce import ScriptBatcher
+from cjs_proxy.pipeline.store import RouteStore
+
+ECHO = "return {KEYS[1], ARGV[1], redis.call('INCR', KEYS[1])}"
+
+
+@pytest.fixture()
+def raw(rdb: redis.Redis) -> Iterator[redis.Redis]:
+    """The emptied database through a client that returns bytes, as the proxy's does."""
+    kwargs = rdb.connection_pool.connection_kwargs
+    client = redis.Redis(host=kwargs["host"], port=kwargs["port"])
+    yield client
+    client.close()
+
+
+def batcher(client: redis.Redis, source: str = ECHO) -> ScriptBatcher:
+    return ScriptBatcher(client, client.script_load(source), source)
+
+
+def concurrently(calls: list) -> list:
+    """Run the calls as greenlets that all become ready in the same loop turn."""
+    jobs = [gevent.spawn(call) for call in calls]
+    gevent.joinall(jobs, timeout=30, raise_error=False)
+    return [job.value if job.successful() else job.exception for job in jobs]
+
+
+def test_calls_of_one_turn_go_in_one_batch_and_each_gets_its_own_reply(raw: redis.Redis) -> None:
+    script = batcher(raw)
+    replies = concurrently([lambda i=i: script([f"co:{i % 3}"], (f"arg{i}",)) for i in range(10)])
+    assert (script.batches, script.calls) == (1, 10)
+    for i, reply in enumerate(replies):
+        assert reply[:2] == [f"co:{i % 3}".encode(), f"arg{i}".encode()]
+    # Each call ran on its own, in order: the counters went up one by one.
+    assert [r[2] for r in replies] == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4]
+
+
+def test_a_lone_call_is_sent_at_once(raw: redis.Redis) -> None:
+    script = batcher(raw)
+    assert script(["co:lone"], ("x",)) == [b"co:lone", b"x", 1]
+    assert (script.batches, script.calls) == (1, 1)
+
+
+def test_calls_of_later_turns_are_later_batches(raw: redis.Redis) -> None:
+    script = batcher(raw)
+    for _turn in range(3):
+        concurrently([lambda: script(["co:turns"], ("t",)) for _ in range(4)])
+    assert (script.batches, script.calls) == (3, 12)
+    assert int(raw.get("co:turns")) == 12
+
+
+def test_a_large_turn_is_split(raw: redis.Redis) -> None:
+    script = batcher(raw)
+    n = coalesce.MAX_BATCH * 2 + 1
+    replies = concurrently([lambda: script(["co:split"], ("s",)) for _ in range(n)])
+    assert script.batches == 3
+    assert sorted(r[2] for r in replies) == list(range(1, n + 1))
+
+
+def test_a_script_error_fails_only_its_own_call(raw: redis.Redis) -> None:
+    raw.set("co:string", "x")
+    script = batcher(raw, "return redis.call('LRANGE', KEYS[1], 0, -1)")
+    raw.rpush("co:list", "a")
+    replies = concurrently([lambda: script(["co:list"]), lambda: script(["co:string"]),
+                            lambda: script(["co:list"])])
+    assert replies[0] == replies[2] == [b"a"]
+    assert isinstance(replies[1], redis.exceptions.ResponseError)
+    assert script.batches == 1
+
+
+def test_a_flushed_script_cache_is_reloaded_and_the_batch_sent_again(raw: redis.Redis) -> None:
+    script = batcher(raw)
+    raw.script_flush()
+    replies = concurrently([lambda: script(["co:reload"], ("r",)) for _ in range(3)])
+    assert sorted(r[2] for r in replies) == [1, 2, 3]  # each ran once, after the reload
+
+
+def test_redis_unreachable_fails_every_call_of_the_batch() -> None:
+    dead = redis.Redis(port=1, socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
+    script = ScriptBatcher(dead, "0" * 40, ECHO)
+    replies = concurrently([lambda: script(["k"]) for _ in range(3)])
+    assert all(isinstance(r, redis.exceptions.ConnectionError) for r in replies)
+
+
+def test_the_store_gives_the_same_limited_answers_coalesced_or_not(raw: redis.Redis) -> None:
+    raw.rpush("frontend:co.example", "co", "http://127.0.0.1:1")
+    limits = ("10.0.0.1", '{"tiers":{"default":{"rate":1,"burst":5,"enforce":true}}}')
+    plain, batched = RouteStore(raw, raw), RouteStore(raw, raw, coalesce=True)
+    lookups = [lambda: batched.lookup(["co.example", "*"], "co.example", limits) for _ in range(8)]
+    answers = concurrently(lookups)
+    assert batched._limited_script is not None and batched._limited_script.batches == 1
+    allowed = [answer[1][1] for answer in answers]  # the verdict's outcome: 1 allowed, 0 limited
+    assert sorted(allowed, reverse=True) == [1] * 5 + [0] * 3
+    # The uncoalesced store sees the same counters: this client is over its burst now.
+    assert plain.lookup(["co.example", "*"], "co.example", limits)[1][1] == 0
+    # Without limits a lookup never goes through the batcher.
+    assert batched.lookup(["co.example", "*"], "co.example")[0].identifier == "co"
+    assert batched._limited_script.batches == 1
+

@@ -41,6 +41,16 @@ class MeasuredStore(RouteStore):
         self.metrics.route_lookup("unknown" if found is None else "redis")
         return found
 
+    def limit(self, frontend_key: str, limit_args: tuple[str, ...]) -> LimitAnswer:
+        started = time.perf_counter()
+        try:
+            answer = super().limit(frontend_key, limit_args)
+        except StoreError:
+            self.metrics.redis_call(time.perf_counter() - started, True)
+            raise
+        self.metrics.redis_call(time.perf_counter() - started, False)
+        return answer
+
     def mark_dead(self, host: str, backend_id: int, backend_url: str, backend_count: int,
                   ttl: int) -> bool:
         started = time.perf_counter()

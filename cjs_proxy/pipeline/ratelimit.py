@@ -32,7 +32,7 @@ from cjs_proxy.pipeline.router import Route
 log = logging.getLogger("cjs_proxy.pipeline.ratelimit")
 
 
-#: The verdict's values as ``lua/route.lua`` returns them, in order (its last ``return``).
+#: The verdict's values as ``lua/limits.lua`` returns them, in order (its last ``return``).
 VERDICT_FIELDS = ("tier_name", "outcome", "policy", "quota", "window", "remaining", "reset",
                   "retry_after_ms", "tier_known")
 #: ``outcome`` values besides 1 (allowed).

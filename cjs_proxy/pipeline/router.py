@@ -126,6 +126,13 @@ class Route:
     def backends(self) -> tuple[str, ...]:
         return self.frontend.backends
 
+    def with_limit_answer(self, answer: LimitAnswer | None) -> Route:
+        """The same route with another request's verdict, keeping what was worked out once."""
+        route = Route(self.host, self.frontend, answer, self.stale)
+        if "unusable" in self.__dict__:  # cached_property's value, computed for this frontend already
+            route.__dict__["unusable"] = self.__dict__["unusable"]
+        return route
+
     @cached_property
     def unusable(self) -> Mapping[int, str]:
         """Backend ids whose URL is malformed, with why: never chosen, never marked dead."""
@@ -170,7 +177,8 @@ class Router:
     """Resolves hosts through the store; serves last good routes while Redis is away.
 
     With a ``cache``, a host's route is served from memory until Redis says a routing
-    key changed; requests that apply rate limits always go to Redis (the counters live there).
+    key changed; requests that apply rate limits still go to Redis (the counters live
+    there), for their limits only when the route is cached.
     """
 
     def __init__(self, store: RouteStore, stale_ttl: float,
@@ -182,13 +190,17 @@ class Router:
         self._last_good: BoundedCache[str, tuple[Route, float]] = BoundedCache(STALE_ROUTES_MAX)
 
     def resolve(self, host: str, limit_args: tuple[str, ...] | None = None) -> Route:
-        """The host's route; with ``limit_args``, rate limits are applied in the same call."""
-        cache = self.cache if limit_args is None else None
+        """The host's route; with ``limit_args``, rate limits are applied in the same call.
+
+        A cached route still needs Redis when limits apply (the counters live there): the
+        limits are then decided alone, without reading the route again.
+        """
+        cache = self.cache
         if cache is not None:
             cached = cache.get(host)
             if cached is not None:
                 self._remember(cached)  # still the last good route if Redis goes away now
-                return cached
+                return cached if limit_args is None else self._limited(cached, limit_args)
             generation = cache.generation
         try:
             found = self.store.lookup(lookup_candidates(host), host, limit_args)
@@ -200,8 +212,15 @@ class Router:
         route = Route(host, found[0], found[1])
         self._remember(route)
         if cache is not None:
-            cache.put(route, generation)
+            cache.put(route if found[1] is None else route.with_limit_answer(None), generation)
         return route
+
+    def _limited(self, cached: Route, limit_args: tuple[str, ...]) -> Route:
+        try:
+            answer = self.store.limit(cached.frontend.key, limit_args)
+        except StoreError as exc:
+            return self._stale_route(cached.host, exc)
+        return cached.with_limit_answer(answer)
 
     def _remember(self, route: Route) -> None:
         if self.stale_ttl > 0:

@@ -2,8 +2,9 @@
 
 A lookup is one EVALSHA of ``lua/route.lua``: the first non-empty ``frontend:`` list
 among the candidates and ``dead:<host>``, plus the rate limiter's decision when it asks:
-its arguments and its answer are ``ratelimit``'s, passed through unread. In a worker,
-limited lookups of one loop turn share their round trip (``coalesce``).
+its arguments and its answer are ``ratelimit``'s, passed through unread. For a route the
+worker has cached, ``lua/limit.lua`` makes the same decision alone. In a worker, limited
+calls of one loop turn share their round trip (``coalesce``).
 A dead mark is one EVALSHA of ``lua/mark_dead.lua`` on the write URL. Key names come
 from ``redis_keys``; the operator's writes and scans are ``cjs_proxy.admin.store``'s.
 """
@@ -51,12 +52,14 @@ LimitAnswer = list[Any]
 class LuaScript:
     """A script from ``lua/``, called by EVALSHA and loaded again on NOSCRIPT.
 
-    redis-py's own ``Script`` checks ``SCRIPT EXISTS`` inside pipelines; calling
-    EVALSHA directly keeps the hot path at one round trip.
+    Several files make one script, in order (``limits.lua`` defines what ``route.lua``
+    and ``limit.lua`` call: Redis scripts cannot include one another). redis-py's own
+    ``Script`` checks ``SCRIPT EXISTS`` inside pipelines; calling EVALSHA directly keeps
+    the hot path at one round trip.
     """
 
-    def __init__(self, path: Path) -> None:
-        self.source = path.read_text(encoding="utf-8")
+    def __init__(self, *paths: Path) -> None:
+        self.source = "\n".join(path.read_text(encoding="utf-8") for path in paths)
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
     def __call__(self, client: redis.Redis, keys: list[str], args: tuple = ()) -> Any:
@@ -97,11 +100,12 @@ class RouteStore:
         self.reader = reader
         self.writer = writer
         self.keys = KeySpace(prefix)
-        self._route_script = LuaScript(LUA_DIR / "route.lua")
-        #: With ``coalesce`` (a gevent worker), limited lookups of one loop turn share a round trip.
+        self._route_script = LuaScript(LUA_DIR / "limits.lua", LUA_DIR / "route.lua")
+        self._limit_script = LuaScript(LUA_DIR / "limits.lua", LUA_DIR / "limit.lua")
+        #: With ``coalesce`` (a gevent worker), limited calls of one loop turn share a round trip.
         self.coalesce = coalesce
-        self._limited_script = (ScriptBatcher(writer, self._route_script.sha, self._route_script.source)
-                                if coalesce else None)
+        self._batched = {script.sha: ScriptBatcher(writer, script.sha, script.source)
+                         for script in (self._route_script, self._limit_script)} if coalesce else {}
         self._mark_script = LuaScript(LUA_DIR / "mark_dead.lua")
         #: The route script's first arguments when it applies limits: where to find tiers
         #: and keep counters.
@@ -127,13 +131,7 @@ class RouteStore:
             client = self.reader
         else:
             client, args = self.writer, (*self._limit_key_prefixes, *limit_args)
-        try:
-            if self._limited_script is not None and limit_args is not None:
-                reply = self._limited_script(keys, args)
-            else:
-                reply = self._route_script(client, keys, args)
-        except redis.exceptions.RedisError as exc:
-            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+        reply = self._call(self._route_script, client, keys, args, batched=limit_args is not None)
         position = int(reply[0])
         if position == 0:
             return None
@@ -141,6 +139,27 @@ class RouteStore:
         dead = frozenset(int(d) for d in reply[2] if d.isdigit())
         frontend = Frontend(candidates[position - 1], values[0], tuple(values[1:]), dead)
         return frontend, (reply[3] if limit_args is not None else None)
+
+    def limit(self, frontend_key: str, limit_args: tuple[str, ...]) -> LimitAnswer:
+        """The rate limiter's verdict alone, for a route the worker holds already (its cache).
+
+        ``frontend_key`` is the route's ``Frontend.key``: limits count per frontend.
+        """
+        args = (frontend_key, *self._limit_key_prefixes[1:], *limit_args)
+        return self._call(self._limit_script, self.writer, [], args, batched=True)
+
+    def batch_counts(self) -> tuple[int, int]:
+        """(batches sent, script calls they carried) since start: how much coalescing shares."""
+        return (sum(b.batches for b in self._batched.values()), sum(b.calls for b in self._batched.values()))
+
+    def _call(self, script: LuaScript, client: redis.Redis, keys: list[str], args: tuple,
+              batched: bool) -> Any:
+        """One script call; in a batch with the loop turn's others when it writes and may."""
+        batcher = self._batched.get(script.sha) if batched else None
+        try:
+            return batcher(keys, args) if batcher is not None else script(client, keys, args)
+        except redis.exceptions.RedisError as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
 
     def mark_dead(self, host: str, backend_id: int, backend_url: str, backend_count: int,
                   ttl: int) -> bool:

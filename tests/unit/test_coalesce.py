@@ -100,16 +100,22 @@ def test_redis_unreachable_fails_every_call_of_the_batch() -> None:
 
 def test_the_store_gives_the_same_limited_answers_coalesced_or_not(raw: redis.Redis) -> None:
     raw.rpush("frontend:co.example", "co", "http://127.0.0.1:1")
-    limits = ("10.0.0.1", '{"tiers":{"default":{"rate":1,"burst":5,"enforce":true}}}')
+    limits = ("10.0.0.1", '{"tiers":{"default":{"rate":1000,"burst":1000,"enforce":true}},'
+                          '"perIp":{"rate":1,"burst":5}}')
     plain, batched = RouteStore(raw, raw), RouteStore(raw, raw, coalesce=True)
     lookups = [lambda: batched.lookup(["co.example", "*"], "co.example", limits) for _ in range(8)]
     answers = concurrently(lookups)
-    assert batched._limited_script is not None and batched._limited_script.batches == 1
+    assert batched.batch_counts() == (1, 8)
     allowed = [answer[1][1] for answer in answers]  # the verdict's outcome: 1 allowed, 0 limited
     assert sorted(allowed, reverse=True) == [1] * 5 + [0] * 3
-    # The uncoalesced store sees the same counters: this client is over its burst now.
+    # The uncoalesced store sees the same counters: this client is over its (per IP) burst now.
     assert plain.lookup(["co.example", "*"], "co.example", limits)[1][1] == 0
     # Without limits a lookup never goes through the batcher.
     assert batched.lookup(["co.example", "*"], "co.example")[0].identifier == "co"
-    assert batched._limited_script.batches == 1
+    assert batched.batch_counts() == (1, 8)
+    # A route the worker holds already: the limits alone, batched the same way.
+    frontend = answers[0][0]
+    verdicts = concurrently([lambda: batched.limit(frontend.key, limits) for _ in range(3)])
+    assert [v[1] for v in verdicts] == [0, 0, 0] and batched.batch_counts() == (2, 11)
+    assert plain.limit(frontend.key, ("10.0.0.2", limits[1]))[1] == 1  # another client: allowed
 

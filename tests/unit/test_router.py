@@ -149,6 +149,12 @@ class FakeStore:
             raise self.answer
         return None if self.answer is None else (self.answer, None)
 
+    def limit(self, frontend_key: str, limit_args: tuple[str, ...]) -> list[object]:
+        self.calls.append(([frontend_key], "limit"))
+        if isinstance(self.answer, StoreError):
+            raise self.answer
+        return ["verdict for", frontend_key]
+
 
 class FakeClock:
     def __init__(self, now: float = 1000.0) -> None:
@@ -326,12 +332,39 @@ def test_a_lookup_overtaken_by_a_change_is_not_cached() -> None:
     assert len(store.calls) == 2
 
 
-def test_requests_with_rate_limits_always_ask_redis() -> None:
+def test_requests_with_rate_limits_always_ask_redis_for_their_limits_only() -> None:
+    store = FakeStore(frontend())
+    router = cached_router(store, FakeFeed())
+    first = router.resolve("app.example")
+    limited = router.resolve("app.example", ("127.0.0.1", "{}"))
+    assert store.calls == [(lookup_candidates("app.example"), "app.example"), (["app.example"], "limit")]
+    assert limited.frontend is first.frontend and limited.limit_answer == ["verdict for", "app.example"]
+    # The cached route itself carries no verdict: the next request gets its own.
+    assert router.resolve("app.example").limit_answer is None
+
+
+def test_a_limited_lookup_fills_the_cache_without_its_verdict() -> None:
+    store = FakeStore(frontend())
+    router = cached_router(store, FakeFeed())
+    router.resolve("app.example", ("127.0.0.1", "{}"))
+    assert router.resolve("app.example").limit_answer is None
+    assert len(store.calls) == 1
+
+
+def test_a_limited_request_on_a_cached_route_is_stale_when_redis_cannot_decide() -> None:
     store = FakeStore(frontend())
     router = cached_router(store, FakeFeed())
     router.resolve("app.example")
-    router.resolve("app.example", ("127.0.0.1", "default|1|1||1", "", ""))
-    assert len(store.calls) == 2
+    store.answer = StoreError("ConnectionError: refused")
+    limited = router.resolve("app.example", ("127.0.0.1", "{}"))
+    assert limited.stale and limited.limit_answer is None  # the limiter applies rateLimit.onError
+
+
+def test_a_route_with_another_verdict_keeps_its_checked_backends() -> None:
+    r = Route("app.example", frontend(backends=("http://ok:1", "not a url")))
+    assert list(r.unusable) == [1]
+    again = r.with_limit_answer(["v"])
+    assert again.__dict__["unusable"] is r.unusable and again.limit_answer == ["v"]
 
 
 def test_unknown_hosts_are_not_cached() -> None:

@@ -1,0 +1,12 @@
+-- The rate limits alone, for a request whose route the worker has cached (limits.lua's
+-- decide(), which store.py puts in front of this). No key is declared: like route.lua,
+-- the counters' names depend on the tier, read here.
+--
+-- ARGV[1]: the frontend's host key (the <app> of frontend:<app>)
+-- ARGV[2]: the tier key prefix ("<#prefix>tier:")
+-- ARGV[3]: the counters' key prefix ("<#prefix>rl:")
+-- ARGV[4]: client IP
+-- ARGV[5]: the limits, JSON (see route.lua)
+--
+-- Returns the verdict as route.lua's fourth element.
+return decide(ARGV[1], ARGV[2], ARGV[3], ARGV[4], cjson.decode(ARGV[5]))

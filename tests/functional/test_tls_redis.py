@@ -6,8 +6,11 @@ real redis-server, with Python ``ssl`` clients sending SNI.
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +20,7 @@ import redis
 import trustme
 from cryptography import x509
 
-from tests.harness import RedisServer, free_port, wait_for
+from tests.harness import ROOT, RedisServer, free_port, wait_for
 
 #: The issue's bound: a replaced or deleted certificate stops being served within 2 s.
 WITHIN = 2.0
@@ -224,3 +227,22 @@ def test_redis_unreachable_serves_cached_or_default_certificates(make_proxy, def
         assert proxy.log().count("certificates from redis: redis unreachable") == 1
     finally:
         own.stop()
+
+
+def test_cert_set_under_the_driver_prefix_is_served(make_proxy, default_files, ca, redis_server, rdb, tmp_path):
+    """``cjs-proxy cert set`` and the proxy agree on the key, ``#prefix`` included."""
+    proxy = start_tls_proxy(make_proxy, default_files, redis_url=f"{redis_server.url}#p1:")
+    wait_for(lambda: tracking_clients(rdb) >= 1, "the worker's tls: invalidation feed")
+    issued = ca.issue_cert("cli.test")
+    cert, key = tmp_path / "cli.crt", tmp_path / "cli.key"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    put_cert(rdb, "cli.test", ca.issue_cert("cli.test", "unprefixed.test"))  # another tenant's key
+    assert names(proxy.tls_port, "cli.test") == ["default.test"]
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("CJS_PROXY_", "SETTINGS_FLAVOR"))}
+    added = subprocess.run([sys.executable, "-m", "cjs_proxy.admin.cli", "--config", str(proxy.config_path),
+                            "cert", "set", "cli.test", str(cert), str(key)],
+                           capture_output=True, text=True, timeout=30, env=environ, cwd=ROOT)
+    assert added.returncode == 0, added.stderr
+    assert rdb.exists("p1:tls:cli.test")
+    assert names(proxy.tls_port, "cli.test") == ["cli.test"]

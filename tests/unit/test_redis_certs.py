@@ -166,3 +166,29 @@ def test_redis_down_serves_the_last_certificate_read_and_rests(clock: FakeClock,
     cache.context_for("other.test")
     assert len(store.calls) == 3
     assert len([r for r in caplog.records if "redis unreachable" in r.getMessage()]) == 1
+
+
+def test_pem_context_builds_from_memory_and_refuses_what_cannot_be_served(tmp_path, monkeypatch) -> None:
+    """Bad PEM, a key for another certificate and an encrypted key raise (never prompt);
+    the private temporary file is gone either way."""
+    import tempfile
+
+    import trustme
+    from cryptography.hazmat.primitives import serialization
+
+    from cjs_proxy.lifecycle.tls import pem_context
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ca = trustme.CA()
+    issued, other = ca.issue_cert("x.test"), ca.issue_cert("x.test")
+    chain, key = issued.cert_chain_pems[0].bytes(), issued.private_key_pem.bytes()
+    assert isinstance(pem_context(chain, key), ssl.SSLContext)
+    encrypted = serialization.load_pem_private_key(key, None).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.BestAvailableEncryption(b"pw"))
+    with pytest.raises(ValueError, match="encrypted"):
+        pem_context(chain, encrypted)
+    with pytest.raises(ssl.SSLError, match="KEY_VALUES_MISMATCH"):
+        pem_context(chain, other.private_key_pem.bytes())
+    with pytest.raises(ssl.SSLError):
+        pem_context(b"not pem", b"not pem")
+    assert list(tmp_path.iterdir()) == []

@@ -282,7 +282,8 @@ class ProxyWorker(GeventWorker):
             # Only where HTTPS is served: cryptography adds ~10 MiB to a worker.
             from cjs_proxy.lifecycle.tls import listener_contexts
 
-            self.tls_by_listener = listener_contexts(settings, [s.getsockname() for s in self.sockets])
+            self.tls_by_listener = listener_contexts(settings, [s.getsockname() for s in self.sockets],
+                                                     self.proxy_app.router.store)
 
     def handle(self, listener: socket.socket, client: socket.socket, addr: Any) -> None:
         context = self.tls_by_listener.get(listener.getsockname())

@@ -1,8 +1,9 @@
-"""``cjs-proxy``: run the proxy, check a config file, and manage frontends in Redis."""
+"""``cjs-proxy``: run the proxy, check a config file, and manage frontends and certificates in Redis."""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import os
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 import redis
 
 from cjs_proxy import config
+from cjs_proxy.admin import certs
 from cjs_proxy.admin.active_health import HealthChecker, ProbeSettings
 from cjs_proxy.admin.store import AdminStore
 from cjs_proxy.config.views import CheckerSettings, view
@@ -106,6 +108,65 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def cmd_cert_set(args: argparse.Namespace) -> int:
+    """Check the pair, then write ``tls:<name>``: served on the next handshake, no reload."""
+    name = certs.normalize_name(args.name)
+    chain, key = Path(args.cert).read_bytes(), Path(args.key).read_bytes()
+    try:
+        info = certs.check_pair(name, chain, key)
+    except certs.CertificateProblem as exc:
+        print(f"cjs-proxy: refusing {args.cert} for {name}: {exc}", file=sys.stderr)
+        return 1
+    _store(args).set_certificate(name, chain, key)
+    print(f"tls:{name} set")
+    print("\n".join(certs.describe(info, _now())))
+    return 0
+
+
+def cmd_cert_show(args: argparse.Namespace) -> int:
+    name = certs.normalize_name(args.name)
+    chain = _store(args).get_certificate_chain(name)
+    if chain is None:
+        print(f"no certificate for {name}", file=sys.stderr)
+        return 1
+    try:
+        info = certs.inspect(chain)
+    except certs.CertificateProblem as exc:
+        print(f"tls:{name}: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(certs.describe(info, _now())))
+    return 0
+
+
+def cmd_cert_remove(args: argparse.Namespace) -> int:
+    name = certs.normalize_name(args.name)
+    if _store(args).delete_certificate(name):
+        return 0
+    print(f"no certificate for {name}", file=sys.stderr)
+    return 1
+
+
+def cmd_cert_list(args: argparse.Namespace) -> int:
+    """One line per ``tls:`` key: name, expiry, the certificate's names, and a flag when it
+    expires within ``certs.EXPIRY_WARNING_DAYS`` days (or already did, or cannot be read)."""
+    store, now = _store(args), _now()
+    for name in store.certificate_names():
+        chain = store.get_certificate_chain(name)
+        try:
+            info = certs.inspect(chain or b"")
+        except certs.CertificateProblem as exc:
+            print(f"{name}  MALFORMED: {exc}")
+            continue
+        flag = info.expiry_flag(now)
+        line = f"{name}  expires {info.not_after:%Y-%m-%d}  names: {', '.join(info.names)}"
+        print(f"{line}  {flag}" if flag else line)
+    return 0
+
+
 def cmd_health_check(args: argparse.Namespace) -> int:
     """Run the active health checker (``--rounds N`` for a bounded run)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [health-check] %(levelname)s %(message)s")
@@ -154,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("host")
         cmd.set_defaults(func=func)
     sub.add_parser("list", help="list the hosts that have a frontend").set_defaults(func=cmd_list)
+    _add_cert_parser(sub)
     health = sub.add_parser("health-check", help="probe every backend and keep dead:<host> marks current")
     health.add_argument("--rounds", type=int, default=None, help="stop after N rounds (default: run forever)")
     health.set_defaults(func=cmd_health_check)
@@ -161,6 +223,23 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_argument("args", nargs=argparse.REMAINDER)
     cli.set_defaults(func=cmd_redis_cli)
     return parser
+
+
+def _add_cert_parser(sub: argparse._SubParsersAction) -> None:
+    cert = sub.add_parser("cert", help="certificates served by SNI from Redis (tls:<servername>)")
+    actions = cert.add_subparsers(dest="action", required=True)
+    put = actions.add_parser("set", help="check and store a certificate and its key: NAME CERT.pem KEY.pem")
+    put.add_argument("name", help="server name, or *.example.com for a wildcard")
+    put.add_argument("cert", help="PEM certificate chain (the server's certificate first)")
+    put.add_argument("key", help="PEM private key, unencrypted")
+    put.set_defaults(func=cmd_cert_set)
+    for name, func, text in (("show", cmd_cert_show, "names, expiry and issuer of a stored certificate"),
+                             ("remove", cmd_cert_remove, "delete a stored certificate")):
+        cmd = actions.add_parser(name, help=text)
+        cmd.add_argument("name")
+        cmd.set_defaults(func=func)
+    actions.add_parser("list", help=f"every stored certificate; flags those expiring within "
+                                    f"{certs.EXPIRY_WARNING_DAYS} days").set_defaults(func=cmd_cert_list)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

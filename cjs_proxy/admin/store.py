@@ -1,4 +1,4 @@
-"""The operator's Redis: the CLI's frontend edits and the active health checker's writes.
+"""The operator's Redis: the CLI's frontend and certificate edits, the active health checker's writes.
 
 The proxy's workers never use this module (their Redis is ``pipeline.store``): here are
 the scans, batch writes and transactions that have no place on a request's path. Key
@@ -11,7 +11,14 @@ from pathlib import Path
 
 import redis
 
-from cjs_proxy.pipeline.redis_keys import CHECKER_PING_KEY, DEAD_CHANNEL, KeySpace, dead_message
+from cjs_proxy.pipeline.redis_keys import (
+    CHECKER_PING_KEY,
+    DEAD_CHANNEL,
+    TLS_CERTIFICATE_FIELD,
+    TLS_KEY_FIELD,
+    KeySpace,
+    dead_message,
+)
 from cjs_proxy.pipeline.store import LuaScript, connect_pair
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
@@ -95,6 +102,30 @@ class AdminStore:
         pattern = self.keys.frontend("*")
         return sorted(self.keys.host_of_frontend(k.decode())
                       for k in self.reader.scan_iter(match=pattern, count=1000))
+
+    # Certificates (``cjs-proxy cert``): ``tls:<servername>`` hashes, PlanB's schema.
+
+    def set_certificate(self, name: str, chain: bytes, key: bytes) -> None:
+        """Write both fields in one HSET: a worker never reads a new certificate with the old key.
+
+        A field other tools may have added to the hash is left alone.
+        """
+        self.writer.hset(self.keys.tls(name), mapping={TLS_CERTIFICATE_FIELD: chain, TLS_KEY_FIELD: key})
+
+    def get_certificate_chain(self, name: str) -> bytes | None:
+        """The PEM chain of ``tls:<name>`` (never the key: the CLI does not show it)."""
+        chain = self.reader.hget(self.keys.tls(name), TLS_CERTIFICATE_FIELD)
+        if chain is None:
+            return None
+        return chain if isinstance(chain, bytes) else str(chain).encode()
+
+    def delete_certificate(self, name: str) -> bool:
+        return bool(self.writer.delete(self.keys.tls(name)))
+
+    def certificate_names(self) -> list[str]:
+        """Every name with a ``tls:`` hash, sorted."""
+        pattern = self.keys.tls("*")
+        return sorted(self.keys.name_of_tls(k.decode()) for k in self.reader.scan_iter(match=pattern, count=1000))
 
     def close(self) -> None:
         self.reader.close()

@@ -101,6 +101,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("https.certificates", [], certificates,
             "More certificates, offered by SNI on their names (wildcards too): a list of "
             "`{cert, key}`; `https.cert` stays the default for clients without SNI.", is_path=True),
+    Setting("https.redisCertificates", True, boolean,
+            "Offer the certificates of Redis's `tls:<servername>` hashes (PlanB's schema) to SNI "
+            "names no `https.certificates` entry covers; written with `cjs-proxy cert set`, no "
+            "reload needed (README \"Certificates in Redis\")."),
     Setting("https.redirectHttp", False, boolean,
             "Answer plain HTTP requests with a 301 to the same URL over HTTPS."),
     Setting("driver", None, driver,

@@ -65,7 +65,8 @@ class InvalidationFeed:
 
     One connection is subscribed to ``__redis__:invalidate``; a second one turns on
     ``CLIENT TRACKING ... BCAST`` for the ``frontend:``, ``dead:`` and ``tier:`` prefixes
-    with its messages redirected to the first. Redis then announces every change to those
+    (or the ``prefixes`` given: the certificate cache tracks ``tls:``) with its messages
+    redirected to the first. Redis then announces every change to those
     keys, by anyone, on the first connection. ``changed()`` only checks, without blocking,
     whether anything arrived on either (the second one only ever speaks when it is
     closed, and its tracking ends with it): any change empties the cache.
@@ -73,9 +74,12 @@ class InvalidationFeed:
     True, so nothing is served from the cache; it reconnects at most once a second.
     """
 
-    def __init__(self, url: str, timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, url: str, timeout: float, clock: Callable[[], float] = time.monotonic,
+                 prefixes: list[str] | None = None) -> None:
         redis_url, prefix = split_driver_url(url)
         self.keys = KeySpace(prefix)
+        #: The prefixed key prefixes tracked: the routing ones unless another cache asks for its own.
+        self.prefixes = self.keys.routing_prefixes() if prefixes is None else prefixes
         # RESP2: invalidations arrive as pub/sub messages on the listener connection.
         self.pool = redis.ConnectionPool.from_url(redis_url, socket_timeout=timeout,
                                                   socket_connect_timeout=timeout, protocol=2)
@@ -85,6 +89,11 @@ class InvalidationFeed:
         self._connecting: gevent.Greenlet | None = None
         self._next_attempt = 0.0
         self.unsupported = False
+
+    @property
+    def connected(self) -> bool:
+        """True while Redis is tracking: then ``changed()`` answering False can be trusted."""
+        return bool(self._connections)
 
     def changed(self) -> bool:
         if not self._connections:
@@ -119,7 +128,7 @@ class InvalidationFeed:
         try:
             client_id = command(listener, "CLIENT", "ID")
             command(listener, "SUBSCRIBE", INVALIDATE_CHANNEL)
-            prefixes = [arg for prefix in self.keys.routing_prefixes() for arg in ("PREFIX", prefix)]
+            prefixes = [arg for prefix in self.prefixes for arg in ("PREFIX", prefix)]
             command(tracker, "CLIENT", "TRACKING", "ON", "REDIRECT", client_id, "BCAST", *prefixes)
             descriptors = (descriptor(listener), descriptor(tracker))
         except redis.exceptions.ResponseError as exc:

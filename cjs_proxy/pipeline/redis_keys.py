@@ -8,7 +8,9 @@ readable by both and a rename is one edit.
 Keys, after the driver's ``#prefix``: ``frontend:<host>`` is a list ``[identifier,
 backend_url, ...]``; ``dead:<host>`` a set of dead backend ids (0-based positions
 after the identifier), keyed by the *requested* host; ``tier:<host>`` the frontend's
-rate-limit tier; ``rl:...`` the rate limiter's counters. ``hchecker_ping`` is not
+rate-limit tier; ``rl:...`` the rate limiter's counters; ``tls:<servername>`` a hash
+with fields ``certificate`` (PEM chain) and ``key`` (PEM), wildcards as
+``tls:*.example.com`` (PlanB's schema, so its tooling can write them). ``hchecker_ping`` is not
 prefixed (as in Hipache): the unix time of an external checker's last round.
 """
 
@@ -24,6 +26,11 @@ TIER = "tier:"
 COUNTERS = "rl:"
 #: Key prefixes whose changes invalidate cached routes.
 ROUTING = (FRONTEND, DEAD, TIER)
+#: Certificates offered by SNI: a hash per server name (PlanB's ``tls:<servername>``).
+TLS = "tls:"
+#: The two fields of a ``tls:`` hash.
+TLS_CERTIFICATE_FIELD = "certificate"
+TLS_KEY_FIELD = "key"
 
 DEAD_CHANNEL = "dead"
 CHECKER_PING_KEY = "hchecker_ping"
@@ -66,6 +73,14 @@ class KeySpace:
     def counters(self, name: str) -> str:
         """A rate-limit counter (``lua/route.lua`` names them under this prefix)."""
         return f"{self.prefix}{COUNTERS}{name}"
+
+    def tls(self, server_name: str) -> str:
+        """The certificate hash of ``server_name`` (``*.example.com`` for a wildcard)."""
+        return f"{self.prefix}{TLS}{server_name}"
+
+    def name_of_tls(self, key: str) -> str:
+        """``tls:<servername>`` (prefixed) back to ``<servername>``."""
+        return key[len(self.prefix) + len(TLS):]
 
     def host_of_frontend(self, key: str) -> str:
         """``frontend:<host>`` (prefixed) back to ``<host>``."""

@@ -5,7 +5,9 @@ among the candidates and ``dead:<host>``, plus the rate limiter's decision when 
 its arguments and its answer are ``ratelimit``'s, passed through unread. For a route the
 worker has cached, ``lua/limit.lua`` makes the same decision alone. In a worker, limited
 calls of one loop turn share their round trip (``coalesce``).
-A dead mark is one EVALSHA of ``lua/mark_dead.lua`` on the write URL. Key names come
+A dead mark is one EVALSHA of ``lua/mark_dead.lua`` on the write URL. A TLS handshake for
+a name no configured certificate covers reads ``tls:<name>`` and its one-label wildcard
+in one pipelined round trip (``certificate``). Key names come
 from ``redis_keys``; the operator's writes and scans are ``cjs_proxy.admin.store``'s.
 """
 
@@ -23,6 +25,8 @@ from cjs_proxy.pipeline.redis_keys import (
     CHECKER_PING_FRESH,
     CHECKER_PING_KEY,
     DEAD_CHANNEL,
+    TLS_CERTIFICATE_FIELD,
+    TLS_KEY_FIELD,
     KeySpace,
     dead_message,
     split_driver_url,
@@ -175,6 +179,26 @@ class RouteStore:
         except redis.exceptions.RedisError as exc:
             raise StoreError(f"{type(exc).__name__}: {exc}") from exc
         return bool(written)
+
+    def certificate(self, names: list[str]) -> tuple[str, bytes, bytes] | None:
+        """The first of ``names`` that has a ``tls:`` hash: (key name, PEM chain, PEM key).
+
+        One round trip for all the names (the exact name and its wildcard), read-only. A
+        hash missing a field is returned with that field empty: the caller reports it as
+        malformed, naming the key, rather than silently trying the next name.
+        """
+        keys = [self.keys.tls(name) for name in names]
+        try:
+            with self.reader.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hmget(key, TLS_CERTIFICATE_FIELD, TLS_KEY_FIELD)
+                replies = pipe.execute()
+        except redis.exceptions.RedisError as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+        for key, (chain, private_key) in zip(keys, replies, strict=True):
+            if chain or private_key:
+                return key, chain or b"", private_key or b""
+        return None
 
     def close(self) -> None:
         self.reader.close()

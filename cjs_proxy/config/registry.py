@@ -105,7 +105,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Answer plain HTTP requests with a 301 to the same URL over HTTPS."),
     Setting("driver", None, driver,
             "Redis URL `redis://:password@host:port/db#prefix`, or two (read from the "
-            "first, write to the last); null or `embedded` runs a private redis-server."),
+            "first, write to the last); null or `embedded` runs a private redis-server. "
+            "Through Sentinel: `redis+sentinel://[:password@]host:26379,host:26379/<master>[/db]"
+            "[?replicas=true]#prefix` (`rediss+sentinel://` for TLS), see High availability."),
     Setting("user", "www-data", name_or_id,
             "User the workers switch to when started as root; root itself only if set "
             "explicitly (`user: root`)."),

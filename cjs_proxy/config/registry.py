@@ -178,8 +178,13 @@ SETTINGS: tuple[Setting, ...] = (
             "pages, rejected requests), in place of gunicorn's and the backend's."),
     Setting("rateLimit.enabled", False, boolean,
             "Apply the per-IP and per-tier request limits (one Redis round trip with the route)."),
-    Setting("rateLimit.onError", "open", choice("open", "closed"),
-            "When Redis cannot decide: `open` lets requests through, `closed` answers 503."),
+    Setting("rateLimit.onError", "open", choice("open", "closed", "local"),
+            "When Redis cannot decide: `open` lets requests through, `closed` answers 503, "
+            "`local` applies the limits in each worker's memory, divided by `rateLimit.localShare`."),
+    Setting("rateLimit.localShare", None, optional(integer(1)),
+            "With `onError: local`, what each limit is divided by in a worker (the share of the "
+            "node's budget each worker holds); null means `server.workers`. Set it to workers x "
+            "nodes to hold the whole cluster to the budget while Redis is away."),
     Setting("rateLimit.headers", True, boolean,
             "Send `RateLimit`/`RateLimit-Policy` on allowed responses too (always on 429)."),
     Setting("rateLimit.perIp", {"rate": 100, "burst": 200}, optional(limit),

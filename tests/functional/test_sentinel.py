@@ -85,10 +85,10 @@ def test_failover_under_load_loses_no_request_and_writes_go_to_the_new_master(cl
     wait_for(lambda: cluster.replica.client().exists(f"frontend:{dying}"), "frontends replicated")
     url = cluster.url()
     # One proxy with limits (every lookup goes to Redis, in the limiter's script; a slow rate
-    # with a huge burst keeps the counter key alive and never refuses), one
-    # without (routes from the cache, kept current by the invalidation feed).
+    # with a huge burst keeps the counter key alive and never refuses; onError local while
+    # there is no master), one without (routes from the cache, kept current by the feed).
     limited = make_proxy(url, server_workers=2, server_deadBackendAfter=1,
-                         rateLimit={"enabled": True, "perIp": None,
+                         rateLimit={"enabled": True, "perIp": None, "onError": "local",
                                     "tiers": {"default": {"rate": 50, "burst": 100_000}}})
     cached = make_proxy(url, server_workers=2, server_deadBackendAfter=1)
     with requests.Session() as session:
@@ -119,6 +119,7 @@ def test_failover_under_load_loses_no_request_and_writes_go_to_the_new_master(cl
     finally:
         load.stop()
     assert not load.failures, f"{len(load.failures)} failed of {load.total()}: {load.failures[:5]}"
+    assert "fail-local" in limited.log()  # while there was no master, the workers decided the limits
     assert load.results[200] > 100
 
     # The cached proxy's workers reopened their invalidation feed on the new master (tracking
@@ -154,6 +155,23 @@ def test_replicas_true_reads_routes_from_the_replica(cluster, make_proxy, backen
     evalsha = "cmdstat_evalsha"
     assert int(replica.info("commandstats").get(evalsha, {}).get("calls", 0)) >= 20
     assert evalsha not in master.info("commandstats")
+
+
+def test_replicas_true_cache_hears_of_changes_through_the_replica(cluster, make_proxy, backends, host):
+    """The route cache's feed listens on the replica lookups read from: a change written to
+    the master is served once replicated, within the 2 s bound."""
+    master, replica = cluster.master.client(), cluster.replica.client()
+    master.rpush(f"frontend:{host}", "app", backends[0].url)
+    wait_for(lambda: replica.exists(f"frontend:{host}"), "frontend replicated")
+    proxy = make_proxy(cluster.url("replicas=true"))
+    with requests.Session() as session:
+        wait_for(lambda: served_by(proxy, host, session) == "a"
+                 and sum("t" in c["flags"] for c in replica.client_list()) >= 1, "feed open on the replica")
+        assert not any("t" in c["flags"] for c in master.client_list())
+        master.lset(f"frontend:{host}", 1, backends[1].url)
+        changed_at = time.monotonic()
+        wait_for(lambda: served_by(proxy, host, session) == "b", "route change seen through the replica")
+    assert time.monotonic() - changed_at < ROUTE_CHANGE_BOUND
 
 
 def test_replicas_true_writes_dead_marks_to_the_master(cluster, backends, host):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cjs_proxy.admin.cli import main as cli_main
 from cjs_proxy.admin.cli import redis_cli_target
 from cjs_proxy.config import ConfigError, parse_settings
 from cjs_proxy.lifecycle.sentinel_probe import master_address_reply
@@ -59,6 +60,14 @@ def test_config_check_names_file_key_and_problem() -> None:
         parse_settings({"driver": "redis+sentinel://h:1,h:2"}, "/etc/cjs/prod.yaml")
     assert info.value.key == "driver"
     assert "/etc/cjs/prod.yaml" in str(info.value) and "names no master" in str(info.value)
+
+
+def test_check_config_command_says_what_is_wrong(tmp_path, capsys) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("driver: 'redis+sentinel://10.0.0.1:26379,10.0.0.2:99999/mymaster'\n")
+    assert cli_main(["check-config", str(path)]) == 1
+    error = capsys.readouterr().err
+    assert str(path) in error and "driver" in error and "10.0.0.2:99999" in error and "no valid port" in error
 
 
 def test_config_accepts_sentinel_urls_in_the_two_url_form() -> None:

@@ -14,10 +14,13 @@ import time
 from collections import Counter
 
 import pytest
+import redis
 import requests
 
 from cjs_proxy.admin.cli import main as cli_main
 from cjs_proxy.lifecycle.sentinel_probe import SentinelProbe
+from cjs_proxy.pipeline.sentinel import sentinel_client
+from cjs_proxy.pipeline.sentinel_url import parse_sentinel_url
 from cjs_proxy.pipeline.store import RouteStore
 from tests.harness import free_port, wait_for
 from tests.sentinel_cluster import SentinelCluster
@@ -41,6 +44,36 @@ def served_by(proxy, host: str, session: requests.Session) -> str | int:
     return response.json()["server"] if response.status_code == 200 else response.status_code
 
 
+def warm_every_worker(proxy, hosts, workers: int = 2) -> None:
+    """New connections until every worker has served every host: each worker's last good
+    routes are its own, and only hosts it served are known to it while Redis is away."""
+    wait_for(lambda: len(proxy.worker_pids()) == workers, "all workers up")
+    served: set[tuple[str, str]] = set()
+
+    def all_served() -> bool:
+        for host in hosts:
+            response = requests.get(f"{proxy.url}/echo", timeout=10,
+                                    headers={"Host": host, "Connection": "close", "X-Debug": "1"})
+            assert response.status_code == 200, response.text
+            served.add((response.headers["x-debug-worker"], host))
+        return len(served) == workers * len(hosts)
+
+    wait_for(all_served, "every worker served every host")
+
+
+def every_worker_serves(proxy, host: str, name: str, workers: int = 2) -> bool:
+    """New connections until each worker answered once: True when all were served by ``name``."""
+    answers: dict[str, str | int] = {}
+    for _ in range(50):
+        response = requests.get(f"{proxy.url}/echo", timeout=10,
+                                headers={"Host": host, "Connection": "close", "X-Debug": "1"})
+        answers[response.headers.get("x-debug-worker", "?")] = \
+            response.json()["server"] if response.status_code == 200 else response.status_code
+        if len(answers) == workers:
+            break
+    return len(answers) == workers and set(answers.values()) == {name}
+
+
 class Load(threading.Thread):
     """Steady requests for ``hosts`` through ``proxies`` until stopped (bounded in time and count)."""
 
@@ -53,14 +86,13 @@ class Load(threading.Thread):
 
     def run(self) -> None:
         deadline = time.monotonic() + LOAD_SECONDS
-        sessions = [requests.Session() for _ in self.proxies]
         for i in range(100_000):
             if self.done.is_set() or time.monotonic() > deadline:
                 break
-            proxy, session = self.proxies[i % len(self.proxies)], sessions[i % len(self.proxies)]
-            host = self.hosts[i % len(self.hosts)]
-            try:
-                response = session.get(f"{proxy.url}/echo", headers={"Host": host}, timeout=10)
+            proxy, host = self.proxies[i % len(self.proxies)], self.hosts[(i // 2) % len(self.hosts)]
+            try:  # a new connection each time: the requests spread over every worker
+                response = requests.get(f"{proxy.url}/echo", timeout=10,
+                                        headers={"Host": host, "Connection": "close"})
                 self.results[response.status_code] += 1
                 if response.status_code != 200:
                     self.failures.append(f"{host} via :{proxy.port}: {response.status_code} {response.text[:200]}")
@@ -98,6 +130,8 @@ def test_failover_under_load_loses_no_request_and_writes_go_to_the_new_master(cl
         # The dead backend is picked at random: it is marked once a request chose it.
         wait_for(lambda: served_by(cached, dying, session) == "b" and master.sismember(f"dead:{dying}", "0"),
                  "dead mark on the first master")
+    for proxy in (limited, cached):
+        warm_every_worker(proxy, [host, dying])
     counter = f"rl:tier:default:{host}"
     assert master.exists(counter)
 
@@ -126,18 +160,15 @@ def test_failover_under_load_loses_no_request_and_writes_go_to_the_new_master(cl
     # clients, flag t), so the check below is the feed's and not a cache left off for good.
     # (A feed reopens when a request asks it: requests are sent meanwhile.)
     def feeds_reopened() -> bool:
-        with requests.Session() as session:
-            assert all(served_by(cached, host, session) == "a" for _ in range(4))
+        assert every_worker_serves(cached, host, "a")
         return sum("t" in c["flags"] for c in new_master.client_list()) >= 2
 
     wait_for(feeds_reopened, "invalidation feeds reopened on the new master")
     # A route change on the new master is served by every worker of both proxies within 2 s.
     new_master.lset(f"frontend:{host}", 1, backends[2].url)
     changed_at = time.monotonic()
-    with requests.Session() as session:
-        for proxy in (limited, cached):
-            wait_for(lambda p=proxy: all(served_by(p, host, session) == "c" for _ in range(8)),
-                     "route change served after the failover")
+    for proxy in (limited, cached):
+        wait_for(lambda p=proxy: every_worker_serves(p, host, "c"), "route change served after the failover")
     seen_in = time.monotonic() - changed_at
     print(f"promotion after {promoted_in:.1f}s; route change seen in {seen_in:.2f}s; {dict(load.results)}")
     assert seen_in < ROUTE_CHANGE_BOUND
@@ -206,3 +237,18 @@ def test_redis_cli_and_readiness_probe_find_the_master_through_sentinel(cluster,
     assert SentinelProbe(cluster.url(), 2.0)() is None
     problem = SentinelProbe(cluster.url().replace("/mymaster/", "/nosuch/"), 2.0)()
     assert problem is not None and "knows no master 'nosuch'" in problem
+
+
+def test_sentinel_pools_are_bounded_and_blocking(cluster):
+    """As a redis:// driver's: at most max_connections, a caller waits up to the timeout for one."""
+    client = sentinel_client(parse_sentinel_url(cluster.url()), 0.5, max_connections=2)
+    pool = client.connection_pool
+    held = [pool.get_connection(), pool.get_connection()]
+    assert {(c.host, c.port) for c in held} == {("127.0.0.1", cluster.master.port)}
+    started = time.monotonic()
+    with pytest.raises(redis.ConnectionError):
+        pool.get_connection()
+    assert time.monotonic() - started >= 0.4  # it waited for one
+    pool.release(held[0])
+    assert pool.get_connection() is held[0]
+    client.close()

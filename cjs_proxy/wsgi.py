@@ -120,16 +120,17 @@ class ProxyApp:
             return self._answer_redirect(exchange, start_response, https_redirect(host, self.https_port, target))
         request = self._read_request(exchange, target, host_header or host, host)
         route = exchange.route = self.router.resolve(host, self.limiter.script_args(request.client_ip))
-        self._note_limits(exchange, route)
+        self._note_limits(exchange, route, request.client_ip)
         limit_headers = self.limiter.check(route, request.client_ip, exchange.verdict)
         if is_upgrade(environ) and "gunicorn.socket" in environ:
             return self._tunnel(exchange, request, route, start_response, limit_headers)
         response = self._send_with_retries(exchange, request, route, self._forward)
         return self._relay(exchange, response, start_response, limit_headers)
 
-    def _note_limits(self, exchange: Exchange, route: Route) -> None:
-        """The limiter's verdict on this request as the first lookup gave it (for the log and metrics)."""
-        exchange.verdict = self.limiter.verdict(route)
+    def _note_limits(self, exchange: Exchange, route: Route, client_ip: str) -> None:
+        """The limiter's verdict on this request as the first lookup gave it (for the log and metrics);
+        decided in this worker when Redis could not and ``rateLimit.onError`` is ``local``."""
+        exchange.verdict = self.limiter.verdict(route, client_ip)
         exchange.decision = limit_decision(exchange.verdict, self.limiter.enabled, True)
         if route.stale:
             self.metrics.route_lookup("stale")

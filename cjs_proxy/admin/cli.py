@@ -21,6 +21,8 @@ from cjs_proxy.config.views import CheckerSettings, view
 from cjs_proxy.lifecycle.embedded import find_redis_server
 from cjs_proxy.lifecycle.tlspolicy import tls_policy
 from cjs_proxy.pipeline.redis_keys import split_driver_url
+from cjs_proxy.pipeline.sentinel import resolve_master
+from cjs_proxy.pipeline.sentinel_url import is_sentinel_url, parse_sentinel_url
 from cjs_proxy.pipeline.store import StoreError
 
 ADMIN_TIMEOUT = 5.0
@@ -181,14 +183,29 @@ def cmd_health_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def redis_cli_target(driver_url: str) -> list[str]:
+    """redis-cli's connection arguments for a driver URL; through Sentinel, the master's
+    address as the sentinels name it now (redis-cli speaks to one node)."""
+    if is_sentinel_url(driver_url):
+        target = parse_sentinel_url(driver_url)
+        host, port = resolve_master(target, ADMIN_TIMEOUT)
+        argv = ["-h", host, "-p", str(port), "-n", str(target.db)]
+        if target.username:
+            argv += ["--user", target.username]
+        if target.password:  # through the environment: not on the command line, for ps to show
+            os.environ["REDISCLI_AUTH"] = target.password
+        return argv + (["--tls"] if target.tls else [])
+    url, _prefix = split_driver_url(driver_url)
+    return ["-s", url[len("unix://"):]] if url.startswith("unix://") else ["-u", url]
+
+
 def cmd_redis_cli(args: argparse.Namespace) -> int:
-    """redis-cli connected to the configured store (the embedded one included)."""
+    """redis-cli connected to the configured store (the embedded one, or the master behind Sentinel)."""
     settings = config.load_settings(args.config)
-    url, _prefix = split_driver_url(config.driver_urls(settings)[1])
+    connection = redis_cli_target(config.driver_urls(settings)[1])
     server_binary = Path(find_redis_server(settings["embedded.redisServer"]))
     binary = shutil.which("redis-cli") or str(server_binary.with_name("redis-cli"))
-    argv = [binary, "-s", url[len("unix://"):]] if url.startswith("unix://") else [binary, "-u", url]
-    os.execv(binary, argv + list(args.args))
+    os.execv(binary, [binary, *connection, *args.args])
     return 0  # not reached
 
 

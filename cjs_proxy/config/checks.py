@@ -10,6 +10,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from cjs_proxy.pipeline.sentinel_url import is_sentinel_url, parse_sentinel_url
+
 #: ``driver: embedded`` (or no driver): the proxy runs its own private redis-server.
 EMBEDDED = "embedded"
 
@@ -230,8 +232,10 @@ def driver(value: Any) -> tuple[str, ...] | None:
     if not isinstance(urls, list) or not 1 <= len(urls) <= 2:
         raise ValueError(f"expected a Redis URL, a list of two URLs or 'embedded', got {value!r}")
     for url in urls:
-        if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"{url!r} is not a redis://, rediss:// or unix:// URL")
+        if isinstance(url, str) and is_sentinel_url(url):
+            parse_sentinel_url(url)  # its ValueError says what is wrong
+        elif not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"{url!r} is not a redis://, rediss://, unix:// or redis+sentinel:// URL")
     return tuple(urls)
 
 

@@ -109,7 +109,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Answer plain HTTP requests with a 301 to the same URL over HTTPS."),
     Setting("driver", None, driver,
             "Redis URL `redis://:password@host:port/db#prefix`, or two (read from the "
-            "first, write to the last); null or `embedded` runs a private redis-server."),
+            "first, write to the last); null or `embedded` runs a private redis-server. "
+            "Through Sentinel: `redis+sentinel://[:password@]host:26379,host:26379/<master>[/db]"
+            "[?replicas=true]#prefix` (`rediss+sentinel://` for TLS), see High availability."),
     Setting("user", "www-data", name_or_id,
             "User the workers switch to when started as root; root itself only if set "
             "explicitly (`user: root`)."),
@@ -180,8 +182,13 @@ SETTINGS: tuple[Setting, ...] = (
             "pages, rejected requests), in place of gunicorn's and the backend's."),
     Setting("rateLimit.enabled", False, boolean,
             "Apply the per-IP and per-tier request limits (one Redis round trip with the route)."),
-    Setting("rateLimit.onError", "open", choice("open", "closed"),
-            "When Redis cannot decide: `open` lets requests through, `closed` answers 503."),
+    Setting("rateLimit.onError", "open", choice("open", "closed", "local"),
+            "When Redis cannot decide: `open` lets requests through, `closed` answers 503, "
+            "`local` applies the limits in each worker's memory, divided by `rateLimit.localShare`."),
+    Setting("rateLimit.localShare", None, optional(integer(1)),
+            "With `onError: local`, what each limit is divided by in a worker (the share of the "
+            "node's budget each worker holds); null means `server.workers`. Set it to workers x "
+            "nodes to hold the whole cluster to the budget while Redis is away."),
     Setting("rateLimit.headers", True, boolean,
             "Send `RateLimit`/`RateLimit-Policy` on allowed responses too (always on 429)."),
     Setting("rateLimit.perIp", {"rate": 100, "burst": 200}, optional(limit),

@@ -132,6 +132,9 @@ class LimiterSettings:
     enabled: bool = setting("rateLimit.enabled")
     on_error: str = setting("rateLimit.onError")
     headers: bool = setting("rateLimit.headers")
+    local_share: int | None = setting("rateLimit.localShare")
+    #: This node's workers: ``onError: local`` divides the limits by it unless ``localShare`` is set.
+    workers: int = setting("server.workers")
 
 
 @dataclasses.dataclass(frozen=True)

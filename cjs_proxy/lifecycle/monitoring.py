@@ -24,6 +24,8 @@ from typing import Any
 
 from cjs_proxy import config
 from cjs_proxy.lifecycle.admin_server import AdminBindError, AdminPages, AdminServer, Readiness, RedisProbe
+from cjs_proxy.lifecycle.sentinel_probe import SentinelProbe
+from cjs_proxy.pipeline.sentinel_url import is_sentinel_url
 
 log = logging.getLogger("cjs_proxy.lifecycle.monitoring")
 
@@ -85,7 +87,8 @@ class Monitoring:
         if not addresses:
             return None
         folder, owned = prepare_folder(os.environ, uid, gid)
-        probe = RedisProbe(config.driver_urls(settings)[0], min(settings["server.redisTimeout"], PROBE_TIMEOUT))
+        url, timeout = config.driver_urls(settings)[0], min(settings["server.redisTimeout"], PROBE_TIMEOUT)
+        probe = SentinelProbe(url, timeout) if is_sentinel_url(url) else RedisProbe(url, timeout)
         pages = AdminPages(lambda: scrape(folder), Readiness(probe, settings["server.staleRouteTTL"]), alive)
         try:
             admin = AdminServer(addresses, pages)

@@ -35,7 +35,7 @@ class AccessEntry:
     started: float = 0.0
     #: Appended as is (a tunnel's ``ws=<bytes in>/<bytes out> <seconds>s``).
     extra: str = ""
-    #: The rate limiter's decision (``allowed``, ``limited``, ``shadow``, ``fallback``; JSON only).
+    #: The rate limiter's decision (``allowed``, ``limited``, ``shadow``, ``fallback``, ``local-*``; JSON only).
     limit: str = "-"
 
 

@@ -16,8 +16,11 @@ from typing import cast
 import gevent
 import redis
 from redis.connection import AbstractConnection
+from redis.sentinel import SentinelManagedConnection
 
 from cjs_proxy.pipeline.redis_keys import KeySpace, split_driver_url
+from cjs_proxy.pipeline.sentinel import feed_pool as sentinel_feed_pool
+from cjs_proxy.pipeline.sentinel_url import is_sentinel_url, parse_sentinel_url
 from cjs_proxy.pipeline.sockets import readable_now
 
 log = logging.getLogger("cjs_proxy.pipeline.invalidation")
@@ -55,6 +58,33 @@ def drain(connection: AbstractConnection) -> None:
             return
 
 
+def feed_pool(url: str, timeout: float) -> tuple[redis.ConnectionPool, str]:
+    """(the pool the feed's connections come from, the key prefix).
+
+    RESP2: invalidations arrive as pub/sub messages on the listener connection. Through
+    Sentinel, the pool asks the sentinels where the node is at every (re)connection, so
+    the feed follows a failover: the old master's connections break (it died, or
+    Sentinel killed its clients when it demoted it) and the next attempt opens the feed
+    on the new one.
+    """
+    if is_sentinel_url(url):
+        target = parse_sentinel_url(url)
+        return sentinel_feed_pool(target, timeout), target.prefix
+    redis_url, prefix = split_driver_url(url)
+    pool = redis.ConnectionPool.from_url(redis_url, socket_timeout=timeout,
+                                         socket_connect_timeout=timeout, protocol=2)
+    return pool, prefix
+
+
+def same_node(first: AbstractConnection, second: AbstractConnection) -> None:
+    """Connect ``second`` to the node ``first`` reached: tracking redirects to a client
+    id, which only means something on the node that gave it. A sentinel pool may pick
+    a different replica (or a new master) for each connection it makes."""
+    first.connect()
+    if isinstance(second, SentinelManagedConnection):
+        second.connect_to((first.host, first.port))  # type: ignore[attr-defined]
+
+
 def command(connection: AbstractConnection, *args: object) -> object:
     connection.send_command(*args)
     return connection.read_response()
@@ -76,13 +106,10 @@ class InvalidationFeed:
 
     def __init__(self, url: str, timeout: float, clock: Callable[[], float] = time.monotonic,
                  prefixes: list[str] | None = None) -> None:
-        redis_url, prefix = split_driver_url(url)
+        self.pool, prefix = feed_pool(url, timeout)
         self.keys = KeySpace(prefix)
         #: The prefixed key prefixes tracked: the routing ones unless another cache asks for its own.
         self.prefixes = self.keys.routing_prefixes() if prefixes is None else prefixes
-        # RESP2: invalidations arrive as pub/sub messages on the listener connection.
-        self.pool = redis.ConnectionPool.from_url(redis_url, socket_timeout=timeout,
-                                                  socket_connect_timeout=timeout, protocol=2)
         self.clock = clock
         self._connections: list[AbstractConnection] = []
         self._descriptors: tuple[int, ...] = ()
@@ -126,6 +153,7 @@ class InvalidationFeed:
         listener = cast(AbstractConnection, self.pool.make_connection())
         tracker = cast(AbstractConnection, self.pool.make_connection())
         try:
+            same_node(listener, tracker)
             client_id = command(listener, "CLIENT", "ID")
             command(listener, "SUBSCRIBE", INVALIDATE_CHANNEL)
             prefixes = [arg for prefix in self.prefixes for arg in ("PREFIX", prefix)]

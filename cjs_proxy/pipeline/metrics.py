@@ -35,7 +35,7 @@ REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 UPSTREAM_ERROR_KINDS = ("connect", "timeout", "reset", "protocol")
 LOOKUP_RESULTS = ("cache", "redis", "stale", "unknown")
-LIMIT_DECISIONS = ("allowed", "limited", "shadow", "fallback")
+LIMIT_DECISIONS = ("allowed", "limited", "shadow", "fallback", "local-allowed", "local-limited", "local-shadow")
 RECYCLE_REASONS = ("max_requests", "memory", "reload")
 #: Seconds between two writes of a worker's accumulated values (the worker's loop calls ``flush``).
 FLUSH_INTERVAL = 1.0
@@ -70,14 +70,16 @@ def limit_decision(verdict: Any, limiter_on: bool, routed: bool) -> str:
     """The limiter's decision on a request, for the access log and the decisions counter.
 
     ``-`` when limits are off or the request was never routed; ``fallback`` when Redis
-    could not decide (a stale route, ``rateLimit.onError`` applied). ``verdict`` is the
-    route's ``LimitVerdict`` (tier, allowed, shadow_limited, policy).
+    could not decide (a stale route, ``rateLimit.onError`` open or closed applied);
+    ``local-...`` when this worker decided in its place (``onError: local``). ``verdict``
+    is the request's ``LimitVerdict`` (tier, allowed, shadow_limited, policy, local).
     """
     if not limiter_on or not routed:
         return "-"
     if verdict is None:
         return "fallback"
-    return "shadow" if verdict.shadow_limited else "allowed" if verdict.allowed else "limited"
+    decision = "shadow" if verdict.shadow_limited else "allowed" if verdict.allowed else "limited"
+    return f"local-{decision}" if verdict.local else decision
 
 
 class FrontendLabels:

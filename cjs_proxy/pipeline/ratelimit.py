@@ -27,6 +27,7 @@ from cjs_proxy import config
 from cjs_proxy.config.views import LimiterSettings, view
 from cjs_proxy.eventlog import EventLog
 from cjs_proxy.exceptions import LimiterUnavailable, RateLimited
+from cjs_proxy.pipeline.local_limits import Decision, LocalLimiter
 from cjs_proxy.pipeline.router import Route
 
 log = logging.getLogger("cjs_proxy.pipeline.ratelimit")
@@ -61,6 +62,8 @@ class LimitVerdict:
     reset: int
     retry_after_ms: int
     tier_known: bool
+    #: Decided in this worker's memory (``rateLimit.onError: local``), not by Redis.
+    local: bool = False
 
     @classmethod
     def decode(cls, values: Sequence[Any]) -> LimitVerdict:
@@ -69,6 +72,27 @@ class LimitVerdict:
         return cls(tier=tier_name.decode(), allowed=outcome != LIMITED, shadow_limited=outcome == SHADOW_LIMITED,
                    policy=policy.decode(), quota=quota, window=window, remaining=remaining, reset=reset,
                    retry_after_ms=retry_after_ms, tier_known=tier_known == 1)
+
+
+def local_verdict(tier: str, outcome: int, binding: Decision | None) -> LimitVerdict:
+    """``LocalLimiter.decide``'s answer as the verdict Redis would have given (``route.lua``'s ending)."""
+    if binding is None:
+        return LimitVerdict(tier, outcome != LIMITED, outcome == SHADOW_LIMITED, "", 0, 0, 0, 0, 0, True, True)
+    limit = binding.limit
+    return LimitVerdict(tier=tier, allowed=outcome != LIMITED, shadow_limited=outcome == SHADOW_LIMITED,
+                        policy=limit.name, quota=math.floor(limit.burst), window=math.ceil(limit.burst / limit.rate),
+                        remaining=binding.remaining, reset=math.ceil(binding.reset),
+                        retry_after_ms=math.ceil(binding.retry * 1000), tier_known=True, local=True)
+
+
+def local_limiter(settings: config.Settings, share: int, clock: Callable[[], float]) -> LocalLimiter:
+    """The configured limits (rounded as Redis gets them) for ``rateLimit.onError: local``."""
+    tiers = {name: {**_limit(tier), "enforce": tier["enforce"],
+                    "perIp": _limit(tier["perIp"]) if tier["perIp"] is not None else None}
+             for name, tier in settings["rateLimit.tiers"].items()}
+    per_ip, global_per_ip = (_limit(settings[f"rateLimit.{key}"]) if settings[f"rateLimit.{key}"] else None
+                             for key in ("perIp", "globalPerIp"))
+    return LocalLimiter(tiers, per_ip, global_per_ip, share, clock)
 
 
 def _limit(spec: dict[str, Any]) -> dict[str, float | int]:
@@ -115,6 +139,9 @@ class RateLimiter:
         self.send_headers = options.headers
         self._limits = encode_limits(settings)
         self.events = EventLog(log, clock)
+        #: ``onError: local``: each worker's share of every limit (the node's worker count by default).
+        self.share = options.local_share or options.workers
+        self.local = local_limiter(settings, self.share, clock) if options.on_error == "local" else None
 
     def script_args(self, client_ip: str) -> tuple[str, str] | None:
         """The limiter's arguments to the route script (its last two), or None when limits are off."""
@@ -122,23 +149,37 @@ class RateLimiter:
             return None
         return (client_ip, self._limits)
 
-    def verdict(self, route: Route) -> LimitVerdict | None:
-        """What Redis decided for this request; None when limits are off or Redis could not say."""
-        if not self.enabled or route.limit_answer is None:
+    def verdict(self, route: Route, client_ip: str | None = None) -> LimitVerdict | None:
+        """What Redis decided for this request; None when limits are off or Redis could not say.
+
+        With ``onError: local`` and a ``client_ip``, when Redis could not say, this worker
+        decides (and counts the request: call it once per request).
+        """
+        if not self.enabled:
             return None
-        return LimitVerdict.decode(route.limit_answer)
+        if route.limit_answer is None:
+            if self.local is None or client_ip is None:
+                return None
+            return local_verdict(*self.local.decide(route.frontend.key, client_ip))
+        verdict = LimitVerdict.decode(route.limit_answer)
+        if self.local is not None:
+            self.local.remember_tier(route.frontend.key, verdict.tier)
+        return verdict
 
     def check(self, route: Route, client_ip: str, verdict: LimitVerdict | None = None) -> list[tuple[str, str]]:
         """Headers for an allowed request; raises ``RateLimited`` or ``LimiterUnavailable``.
 
-        ``verdict`` is ``self.verdict(route)`` when the caller has it already (the pipeline
+        ``verdict`` is ``self.verdict(route, client_ip)`` when the caller has it already (the pipeline
         notes it for the log and metrics first): the answer is decoded once per request.
         """
         if not self.enabled:
             return []
-        if route.limit_answer is None:
+        verdict = verdict or self.verdict(route, client_ip)
+        if verdict is None:
             return self._fallback(route)
-        verdict = verdict or LimitVerdict.decode(route.limit_answer)
+        if verdict.local:
+            self.events.record("fallback", f"rate limiter unavailable (redis unreachable); fail-local: each "
+                               f"worker applies 1/{self.share} of every limit in memory")
         if not verdict.tier_known:
             self.events.record(f"tier:{route.host}", f"{route.host}: unknown tier in Redis, "
                                f"using {verdict.tier!r}")
@@ -146,9 +187,10 @@ class RateLimiter:
             error = RateLimited(f"{route.host}: over the {verdict.policy!r} limit (tier {verdict.tier})")
             error.headers = [("Retry-After", str(max(1, math.ceil(verdict.retry_after_ms / 1000)))),
                              *rate_limit_headers(verdict)]
+            where = " in this worker (redis unreachable)" if verdict.local else ""
             self.events.record(f"limited:{route.host}:{verdict.policy}",
-                               f"{route.host}: limiting {verdict.policy} (tier {verdict.tier}), e.g. {client_ip}",
-                               logging.INFO)
+                               f"{route.host}: limiting {verdict.policy} (tier {verdict.tier}){where}, "
+                               f"e.g. {client_ip}", logging.INFO)
             raise error
         if verdict.shadow_limited:
             self.events.record(f"shadow:{route.host}",

@@ -31,6 +31,8 @@ from cjs_proxy.pipeline.redis_keys import (
     dead_message,
     split_driver_url,
 )
+from cjs_proxy.pipeline.sentinel import sentinel_client
+from cjs_proxy.pipeline.sentinel_url import is_sentinel_url, parse_sentinel_url
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 
@@ -74,8 +76,16 @@ class LuaScript:
             return client.evalsha(self.sha, len(keys), *keys, *args)
 
 
-def connect(url: str, timeout: float, max_connections: int) -> tuple[redis.Redis, str]:
-    """A client with a bounded, blocking pool (one connection per concurrent request otherwise)."""
+def connect(url: str, timeout: float, max_connections: int,
+            for_reads: bool = False) -> tuple[redis.Redis, str]:
+    """A client with a bounded, blocking pool (one connection per concurrent request otherwise).
+
+    A ``redis+sentinel://`` URL gives a client that follows the master through Sentinel
+    (a replica's, for reads, with ``?replicas=true``): see ``sentinel``.
+    """
+    if is_sentinel_url(url):
+        target = parse_sentinel_url(url)
+        return sentinel_client(target, timeout, max_connections, for_reads), target.prefix
     redis_url, prefix = split_driver_url(url)
     pool = redis.BlockingConnectionPool.from_url(
         redis_url,
@@ -88,12 +98,22 @@ def connect(url: str, timeout: float, max_connections: int) -> tuple[redis.Redis
     return redis.Redis(connection_pool=pool), prefix
 
 
+def reads_from_replicas(url: str) -> bool:
+    """A sentinel URL with ``?replicas=true``: its reads and writes need two clients."""
+    return is_sentinel_url(url) and parse_sentinel_url(url).replicas
+
+
 def connect_pair(read_url: str, write_url: str, timeout: float,
                  max_connections: int) -> tuple[redis.Redis, redis.Redis, str]:
-    """(reader, writer, prefix) for Hipache's read/write driver pair; one client when they are the same."""
-    reader, prefix = connect(read_url, timeout, max_connections)
-    writer = reader if write_url == read_url else connect(write_url, timeout, max_connections)[0]
-    return reader, writer, prefix
+    """(reader, writer, prefix) for Hipache's read/write driver pair; one client when they are the same.
+
+    Writes always go to a master: a ``?replicas=true`` URL gives a replica's client for
+    reads and the master's for writes.
+    """
+    reader, prefix = connect(read_url, timeout, max_connections, for_reads=True)
+    if write_url == read_url and not reads_from_replicas(read_url):
+        return reader, reader, prefix
+    return reader, connect(write_url, timeout, max_connections)[0], prefix
 
 
 class RouteStore:

@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from tests.harness import RedisServer
+from tests.harness import RedisServer, wait_for
 
 UNLIMITED = {"rate": 10000, "burst": 10000}
 
@@ -209,3 +209,56 @@ def test_limit_holds_across_workers_and_proxies(make_proxy, backends, rdb, host)
     window = admitted[-1] - admitted[0]
     expected = burst + rate * window  # the full bucket at once, then the sustained rate
     assert abs(len(admitted) - expected) <= 0.05 * expected, (len(admitted), expected)
+
+
+def test_on_error_local_holds_a_tiers_burst_while_redis_is_stopped(make_proxy, backends, tmp_path, host):
+    """One worker, so its share is the whole burst: exactly ``burst`` requests pass while
+    Redis is away, and once Redis is back its counters decide again."""
+    own_redis = RedisServer(tmp_path / "redis")
+    try:
+        proxy = make_proxy(redis_url=own_redis.url, rateLimit=limits(onError="local"))
+        own_redis.client().rpush(f"frontend:{host}", "app", backends[0].url)
+        own_redis.client().set(f"tier:{host}", "free")  # rate 0.05/s, burst 5
+        assert get(proxy, host).status_code == 200  # the last good route, and its tier, remembered
+        own_redis.stop()
+        assert statuses(proxy, host, 12) == [200] * 5 + [429] * 7
+        log = proxy.log()
+        assert "fail-local: each worker applies 1/1 of every limit in memory" in log
+        assert "limiting free (tier free) in this worker (redis unreachable)" in log
+
+        own_redis = RedisServer(tmp_path / "redis", port=own_redis.port)  # empty: routes written again
+        own_redis.client().rpush(f"frontend:{host}", "app", backends[0].url)
+        own_redis.client().set(f"tier:{host}", "free")
+        wait_for(lambda: get(proxy, host).status_code == 200, "Redis deciding again")
+        assert own_redis.client().exists(f"rl:tier:free:{host}")  # the decision was Redis's
+        assert statuses(proxy, host, 8) == [200] * 4 + [429] * 4  # Redis's fresh burst of 5
+    finally:
+        own_redis.stop()
+
+
+def test_on_error_local_divides_the_burst_among_the_workers(make_proxy, backends, tmp_path, host):
+    own_redis = RedisServer(tmp_path / "redis")
+    try:
+        section = limits(onError="local", tiers={"default": {"rate": 0.05, "burst": 6}})
+        proxy = make_proxy(redis_url=own_redis.url, rateLimit=section, server_workers=2)
+        own_redis.client().rpush(f"frontend:{host}", "app", backends[0].url)
+        wait_for(lambda: len(proxy.worker_pids()) == 2, "two workers")
+        # Each worker must know the route before Redis goes: new connections until both answered
+        # (Redis's counter is reset each time, so the warm-up never meets Redis's own limit).
+        seen = set()
+
+        def both_workers_served() -> bool:
+            response = requests.get(f"{proxy.url}/echo", timeout=10,
+                                    headers={"Host": host, "Connection": "close", "X-Debug": "1"})
+            own_redis.client().delete(f"rl:tier:default:{host}")
+            seen.add(response.headers["x-debug-worker"])
+            return len(seen) == 2
+
+        wait_for(both_workers_served, "both workers served the host")
+        own_redis.stop()
+        codes = [requests.get(f"{proxy.url}/echo", headers={"Host": host, "Connection": "close"},
+                              timeout=10).status_code for _ in range(20)]
+        # 3 per worker (6 / 2): never more than the node's burst, at least one worker's share.
+        assert 3 <= codes.count(200) <= 6 and codes.count(200) + codes.count(429) == 20, codes
+    finally:
+        own_redis.stop()

@@ -88,7 +88,7 @@ class FakeLimiter:
     def script_args(self, client_ip: str) -> tuple[str, ...] | None:
         return None
 
-    def verdict(self, route: Route) -> None:
+    def verdict(self, route: Route, client_ip: str | None = None) -> None:
         return None
 
     def check(self, route: Route, client_ip: str, verdict: None = None) -> list[tuple[str, str]]:

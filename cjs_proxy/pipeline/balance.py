@@ -186,14 +186,15 @@ class Balancer:
             known = self.ids[url] = sticky_id(url, self.secret)
         return known
 
-    def cookie_headers(self, route: Route, backend: Backend, environ: dict[str, Any]) -> list[tuple[str, str]]:
-        """``Set-Cookie`` naming ``backend`` when the frontend is sticky and the client's cookie does not."""
+    def cookie_headers(self, route: Route, backend: Backend, environ: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+        """``Set-Cookie`` naming ``backend`` when the frontend is sticky and the client's cookie does not
+        (an empty tuple otherwise: nothing allocated on the default path)."""
         if not (route.frontend.balance or self.default == "sticky") or self.policy(route) != "sticky":
-            return []
+            return ()
         wanted = self.sticky_id(backend.url)
         if cookie_value(environ.get("HTTP_COOKIE", ""), self.cookie) == wanted:
-            return []
-        return [("Set-Cookie", f"{self.cookie}={wanted}; Path=/; HttpOnly; SameSite=Lax")]
+            return ()
+        return (("Set-Cookie", f"{self.cookie}={wanted}; Path=/; HttpOnly; SameSite=Lax"),)
 
     # ------------------------------------------------------------- in flight
 

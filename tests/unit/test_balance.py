@@ -101,9 +101,9 @@ def test_sticky_follows_the_cookie_among_the_candidates() -> None:
     environ = {"HTTP_COOKIE": f"cjs_backend={sticky_id(URLS[2], b's')}"}
     pick = balancer.picker(r, environ)
     assert pick is not None and {pick(backends()).url for _ in range(20)} == {URLS[2]}
-    assert balancer.cookie_headers(r, Backend(2, URLS[2]), environ) == []
+    assert balancer.cookie_headers(r, Backend(2, URLS[2]), environ) == ()
     header = balancer.cookie_headers(r, Backend(0, URLS[0]), environ)
-    assert header == [("Set-Cookie", f"cjs_backend={sticky_id(URLS[0], b's')}; Path=/; HttpOnly; SameSite=Lax")]
+    assert header == (("Set-Cookie", f"cjs_backend={sticky_id(URLS[0], b's')}; Path=/; HttpOnly; SameSite=Lax"),)
 
 
 def test_a_dead_sticky_backend_is_not_chosen() -> None:

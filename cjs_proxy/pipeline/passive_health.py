@@ -10,7 +10,10 @@ for ``server.deadBackendTTL`` seconds, shared by every worker and proxy node, on
 worker has seen ``server.deadBackendAfter`` failures in a row from it (1, the default,
 is Hipache's behaviour); any other answer resets its count. The only backend of a
 frontend is never marked; and when every backend is marked, they are all tried anyway
-(panic mode, as Envoy does) instead of answering 502 to everyone.
+(panic mode, as Envoy does) instead of answering 502 to everyone. Registered backends
+(``backends:``) are treated alike, except that their marks go to ``deadurls:<host>`` by
+URL: their ids are only one lookup's. Which of the backends that may be tried gets the
+request is the frontend's balancing policy (``balance``).
 
 Backends whose URL is malformed (``Route.unusable``: bad data in Redis) are never
 chosen nor marked; they are reported in one rate-limited line naming the ``frontend:``

@@ -13,7 +13,7 @@ import requests
 
 from cjs_proxy.admin.store import AdminStore
 from cjs_proxy.registration import registered
-from tests.harness import ANSWER_TIMEOUT, WAIT, Backend, Process, wait_for
+from tests.harness import ANSWER_TIMEOUT, WAIT, Backend, Process, RedisServer, wait_for
 
 
 @pytest.fixture()
@@ -192,5 +192,38 @@ def test_passive_marks_take_a_dead_registered_backend_out(proxy, pair, backends,
         assert set(names) == {"b"}
         assert rdb.smembers(f"deadurls:{host}") == {pair[0].url}
         assert rdb.smembers(f"dead:{host}") == set()  # Hipache's ids never name it
+    finally:
+        store.close()
+
+
+def test_the_registrar_keeps_retrying_while_redis_is_away(tmp_path, backends):
+    own = RedisServer(tmp_path / "own-redis")
+    config = tmp_path / "config.yaml"
+    config.write_text(f"driver: {own.url}\n")
+    registrar = start_registrar(tmp_path, config, "away.test", backends[0].url, "--ttl", "3")
+    try:
+        wait_for(lambda: own.client().zscore("backends:away.test", backends[0].url), "the registration")
+        own.stop()
+        wait_for(lambda: "cannot renew" in registrar.log(), "a logged failure")
+        assert registrar.alive()
+        own = RedisServer(tmp_path / "own-redis", port=own.port)  # empty: the registration was lost
+        wait_for(lambda: own.client().zscore("backends:away.test", backends[0].url), "registered again")
+        wait_for(lambda: "again" in registrar.log(), "the recovery logged")
+    finally:
+        assert registrar.stop(signal.SIGTERM) == 0
+        own.stop()
+
+
+def test_registration_keys_lapse_but_a_short_ttl_never_cuts_a_longer_one(rdb, redis_server, backends, host):
+    store = AdminStore.from_urls(redis_server.url, redis_server.url, 5, max_connections=2)
+    try:
+        store.register(host, backends[0].url, ttl=60, weight=3, identifier="app")
+        store.register(host, backends[1].url, ttl=2)
+        assert rdb.pttl(f"backends:{host}") > 50_000
+        assert rdb.pttl(f"identifier:{host}") > 50_000
+        assert rdb.hget(f"weights:{host}", backends[0].url) == "3"
+        assert [url for url, _ in store.registrations(host)] == [backends[1].url, backends[0].url]
+        assert store.deregister(host, backends[0].url, owns_weight=True)
+        assert rdb.hget(f"weights:{host}", backends[0].url) is None
     finally:
         store.close()

@@ -26,7 +26,8 @@ setup(
     package_data={"cjs_proxy.pipeline": ["lua/*.lua"], "cjs_proxy.admin": ["lua/*.lua"]},
     data_files=[
         ("share/cjs-proxy/errors", [str(p) for p in sorted(Path("errors").glob("*.html"))]),
-        ("share/cjs-proxy/etc", ["etc/gunicorn.py", "etc/config.yaml", "etc/config_production.yaml"]),
+        ("share/cjs-proxy/etc", ["etc/gunicorn.py", "etc/config.yaml", "etc/config_production.yaml",
+                                  "etc/cjs-proxy-register@.service"]),
     ],
     install_requires=[
         "gunicorn>=23.0",  # request-smuggling fixes in 22.0 and 23.0

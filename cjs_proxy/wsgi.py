@@ -20,6 +20,7 @@ from gunicorn.workers.base_async import ALREADY_HANDLED
 from cjs_proxy import config
 from cjs_proxy.config.views import (
     AccessLogSettings,
+    BalanceSettings,
     HealthSettings,
     MetricsSettings,
     ProxySettings,
@@ -29,6 +30,7 @@ from cjs_proxy.config.views import (
 )
 from cjs_proxy.exceptions import BackendTimeout, BackendUnavailable, NoLiveBackend, ProxyError
 from cjs_proxy.pipeline.accesslog import AccessLog
+from cjs_proxy.pipeline.balance import Balancer
 from cjs_proxy.pipeline.debug_headers import debug_headers, error_debug_headers, wants_debug
 from cjs_proxy.pipeline.error_pages import ErrorPages
 from cjs_proxy.pipeline.exchange import Exchange, access_entry
@@ -75,8 +77,10 @@ class ProxyApp:
 
     def __init__(self, options: ProxySettings, router: Router, limiter: RateLimiter,
                  health: BackendHealth, upstream: Upstream, pages: ErrorPages, access_log: AccessLog,
-                 metrics: NoMetrics | None = None, https_port: int | None = None) -> None:
+                 metrics: NoMetrics | None = None, https_port: int | None = None,
+                 balancer: Balancer | None = None) -> None:
         self.metrics = metrics or NoMetrics()
+        self.balancer = balancer or Balancer()
         self.router = router
         self.limiter = limiter
         self.health = health
@@ -125,6 +129,9 @@ class ProxyApp:
         if is_upgrade(environ) and "gunicorn.socket" in environ:
             return self._tunnel(exchange, request, route, start_response, limit_headers)
         response = self._send_with_retries(exchange, request, route, self._forward)
+        if exchange.backend is not None and exchange.route is not None:  # sticky: Set-Cookie if moved
+            cookie = self.balancer.cookie_headers(exchange.route, exchange.backend, environ)
+            limit_headers = [*limit_headers, *cookie] if cookie else limit_headers
         return self._relay(exchange, response, start_response, limit_headers)
 
     def _note_limits(self, exchange: Exchange, route: Route, client_ip: str) -> None:
@@ -159,7 +166,7 @@ class ProxyApp:
         tried: list[str] = []
         last_error: BackendUnavailable | None = None
         while True:
-            backend = exchange.backend = self._choose_backend(route, tried, last_error)
+            backend = exchange.backend = self._choose_backend(route, tried, last_error, request.environ)
             if backend.id in route.frontend.dead:
                 self.metrics.panic()
             try:
@@ -180,10 +187,12 @@ class ProxyApp:
             self.health.check_answer(route, backend, response.status, response.headers)
             return response
 
-    def _choose_backend(self, route: Route, tried: list[str], last_error: BackendUnavailable | None) -> Backend:
-        """A live backend not tried yet; when none is left after a failure, that failure is the answer."""
+    def _choose_backend(self, route: Route, tried: list[str], last_error: BackendUnavailable | None,
+                        environ: dict[str, Any]) -> Backend:
+        """A live backend not tried yet, by the frontend's policy; when none is left after a failure,
+        that failure is the answer."""
         try:
-            return self.health.choose(route, tried)
+            return self.health.choose(route, tried, self.balancer.picker(route, environ))
         except NoLiveBackend:
             if last_error is None:
                 raise
@@ -193,11 +202,18 @@ class ProxyApp:
                        backend: Backend) -> UpstreamResponse:
         """One try on one backend; the time to its answer's head is recorded for the log."""
         headers = request.upstream_headers()
+        held = exchange.route is not None and self.balancer.hold(exchange.route, backend.url)
         started = time.perf_counter()
         try:
-            return send(request, backend, headers)
+            response = send(request, backend, headers)
+        except BaseException:
+            if held:
+                self.balancer.release(backend.url)
+            raise
         finally:
             exchange.upstream_time = time.perf_counter() - started
+        exchange.held = backend.url if held else None  # in flight until the request ends
+        return response
 
     def _forward(self, request: ClientRequest, backend: Backend, headers: Headers) -> UpstreamResponse:
         """The forward step: the request and its body to a pooled connection, up to the answer's head."""
@@ -243,6 +259,9 @@ class ProxyApp:
 
     def end_of_request(self, exchange: Exchange) -> None:
         """Where every logged request ends, once its answer is out: one access-log line, its metrics."""
+        if exchange.held is not None:
+            self.balancer.release(exchange.held)
+            exchange.held = None
         self.access_log.write(access_entry(exchange))
         self._measure(exchange)
 
@@ -317,6 +336,7 @@ def create_app(settings: config.Settings) -> ProxyApp:
     """Build a worker's proxy: each collaborator from its own typed view of the settings."""
     read_url, write_url = config.driver_urls(settings)
     routing, health_view = view(RoutingSettings, settings), view(HealthSettings, settings)
+    balance = view(BalanceSettings, settings)
     pool, logs, monitoring = view(UpstreamSettings, settings), view(AccessLogSettings, settings), \
         view(MetricsSettings, settings)
     metrics = build_metrics(bool(config.admin_addresses(settings)), monitoring.per_frontend, monitoring.max_frontends)
@@ -332,7 +352,8 @@ def create_app(settings: config.Settings) -> ProxyApp:
                         max_tunnels=pool.ws_per_backend)
     return ProxyApp(view(ProxySettings, settings), router, RateLimiter(settings), health, upstream,
                     ErrorPages(logs.static_dir), AccessLog(logs.path, logs.format), metrics,
-                    https_port=https_redirect_port(settings))
+                    https_port=https_redirect_port(settings),
+                    balancer=Balancer(balance.default, balance.sticky_cookie, (balance.sticky_secret or "").encode()))
 
 
 def build_application(settings: config.Settings) -> ProxyApp:

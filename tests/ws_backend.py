@@ -32,6 +32,8 @@ def app(environ, start_response):
         ws.send(json.dumps(headers))
     if path == "/hello":
         ws.send("hello")
+    if path == "/whoami":  # which backend the tunnel reached (balancing tests)
+        ws.send(sys.argv[1])
     while True:
         message = ws.receive()
         if message is None:

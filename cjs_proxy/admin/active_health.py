@@ -6,6 +6,11 @@ connect for others), writes the dead ids of each frontend to ``dead:<host>`` (wi
 TTL, so marks vanish if the checker dies), clears them as soon as a backend answers
 again, publishes newly dead backends on ``dead`` and keeps ``hchecker_ping`` fresh,
 which tells the proxies (and Hipache's) to leave the dead sets to it.
+
+Registered backends (``backends:<host>``) are probed alike; theirs marks go to
+``deadurls:<host>`` by URL (their positions are not stable) and are not published on
+``dead``, whose ids Hipache's tools read as indexes into ``frontend:``. Each round
+also prunes expired registrations.
 """
 
 from __future__ import annotations
@@ -92,6 +97,8 @@ class HealthChecker:
         self.prober = prober
         #: host -> dead ids written last round; None until the first round wrote everything.
         self._dead: dict[str, set[int]] | None = None
+        #: host -> dead registered URLs written last round.
+        self._dead_urls: dict[str, set[str]] = {}
 
     def run_forever(self, rounds: int | None = None) -> None:
         done = 0
@@ -107,7 +114,9 @@ class HealthChecker:
         started = time.monotonic()
         self.store.checker_ping(int(time.time()))
         frontends = self.store.all_frontends()
-        urls = sorted({url for values in frontends.values() for url in values[1:]})
+        registered = self.store.all_registered()
+        urls = sorted({url for values in frontends.values() for url in values[1:]}
+                      | {url for members in registered.values() for url in members})
         results = self.pool.imap(lambda url: self.prober(url, self.probe_settings), urls)
         healthy = dict(zip(urls, results, strict=True))
         report = RoundReport(frontends=len(frontends), backends=len(urls))
@@ -126,14 +135,31 @@ class HealthChecker:
             report.recovered += [f"{host}#{i}" for i in (before or set()) - dead]
             report.dead += len(dead)
         self.store.set_dead(writes, self.dead_ttl)
+        self._mark_registered(registered, healthy, report)
         for host, backend_id, url, count in announce:  # once the sets say so
             self.store.publish_dead(host, backend_id, url, count)
             report.newly_dead.append(f"{host}#{backend_id}")
         self._dead = current
         self.store.checker_ping(int(time.time()))
         report.seconds = time.monotonic() - started
+        report.frontends = len(frontends.keys() | registered.keys())
         for item in report.newly_dead:
             log.warning("backend %s is dead", item)
         for item in report.recovered:
             log.info("backend %s recovered", item)
         return report
+
+    def _mark_registered(self, registered: dict[str, list[str]], healthy: dict[str, bool],
+                         report: RoundReport) -> None:
+        """Write ``deadurls:<host>`` for the registered backends: the dead ones each round (their
+        TTL is renewed), an emptied set once."""
+        current = {host: {url for url in members if not healthy[url]} for host, members in registered.items()}
+        writes = {host: dead for host, dead in current.items() if dead or self._dead_urls.get(host)}
+        writes.update({host: set() for host in self._dead_urls.keys() - current.keys()})
+        self.store.set_dead(writes, self.dead_ttl, by_url=True)
+        for host, dead in current.items():
+            before = self._dead_urls.get(host, set())
+            report.newly_dead += [f"{host} {url}" for url in sorted(dead - before)]
+            report.recovered += [f"{host} {url}" for url in sorted(before - dead)]
+            report.dead += len(dead)
+        self._dead_urls = {host: dead for host, dead in current.items() if dead}

@@ -7,7 +7,9 @@ import datetime
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from cjs_proxy.pipeline.redis_keys import split_driver_url
 from cjs_proxy.pipeline.sentinel import resolve_master
 from cjs_proxy.pipeline.sentinel_url import is_sentinel_url, parse_sentinel_url
 from cjs_proxy.pipeline.store import StoreError
+from cjs_proxy.registration import Registrar, RegistrationError, store_for
 
 ADMIN_TIMEOUT = 5.0
 
@@ -90,13 +93,19 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    values, dead = _store(args).get_frontend(args.host.lower())
-    if not values:
+    """The static list (Hipache's ids), then the registered backends with their time left."""
+    store, host = _store(args), args.host.lower()
+    values, dead = store.get_frontend(host)
+    registered = store.registrations(host)
+    if not values and not registered:
         print(f"no frontend for {args.host}", file=sys.stderr)
         return 1
-    print(f"identifier: {values[0]}")
+    print(f"identifier: {values[0] if values else store.identifier(host) or host}")
     for i, url in enumerate(values[1:]):
         print(f"  #{i} {url}{'  (dead)' if i in dead else ''}")
+    dead_urls = store.dead_urls(host) if registered else set()
+    for url, left in registered:
+        print(f"  registered {url}  ttl {left:.1f}s{'  (dead)' if url in dead_urls else ''}")
     return 0
 
 
@@ -105,8 +114,37 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    for host in _store(args).frontend_hosts():
-        print(host)
+    """Each host with a frontend or registered backends, and how many of each it has."""
+    store = _store(args)
+    hosts = sorted(set(store.frontend_hosts()) | set(store.registered_hosts()))
+    for host in hosts:
+        values, _ = store.get_frontend(host)
+        registered = len(store.registrations(host))
+        if values or registered:
+            print(f"{host}  {max(len(values) - 1, 0)} static, {registered} registered")
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    """Register a backend in the foreground until SIGTERM/SIGINT, then remove it (a sidecar)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [register] %(levelname)s %(message)s")
+    try:
+        store = store_for(None, args.ttl, args.config)
+        registrar = Registrar(store, args.host, args.backend_url, args.ttl, args.weight, args.identifier)
+    except RegistrationError as exc:
+        print(f"cjs-proxy register: {exc}", file=sys.stderr)
+        return 2
+    try:
+        registrar.register()
+    except (StoreError, redis.RedisError, OSError) as exc:
+        print(f"cjs-proxy register: cannot register {args.backend_url} for {args.host}: "
+              f"redis unreachable ({exc})", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    registrar.run(stop)
+    registrar.deregister()
     return 0
 
 
@@ -231,7 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("host")
         cmd.set_defaults(func=func)
-    sub.add_parser("list", help="list the hosts that have a frontend").set_defaults(func=cmd_list)
+    sub.add_parser("list", help="list the hosts that have a frontend, with their backend counts").set_defaults(
+        func=cmd_list)
+    register = sub.add_parser("register", help="register a backend while running (renewed; removed on SIGTERM)")
+    register.add_argument("host")
+    register.add_argument("backend_url")
+    register.add_argument("--ttl", type=int, default=10, help="seconds it lasts unless renewed (default 10)")
+    register.add_argument("--identifier", help="the frontend's identifier when it has no static list")
+    register.add_argument("--weight", type=int, help="weight in weights:<host> (default: 1)")
+    register.set_defaults(func=cmd_register)
     _add_cert_parser(sub)
     health = sub.add_parser("health-check", help="probe every backend and keep dead:<host> marks current")
     health.add_argument("--rounds", type=int, default=None, help="stop after N rounds (default: run forever)")

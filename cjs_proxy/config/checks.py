@@ -298,3 +298,14 @@ def node_id(value: Any) -> str:
         raise ValueError(f"expected 1-64 letters, digits, '.', '_' or '-', got {value!r}")
     return value
 
+
+
+_COOKIE_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+@labelled("cookie name")
+def cookie_name(value: Any) -> str:
+    """A cookie name: an RFC 9110 token (no ``=``, ``;``, spaces or quotes)."""
+    if not isinstance(value, str) or not _COOKIE_NAME.fullmatch(value):
+        raise ValueError(f"expected a cookie name (letters, digits, !#$%&'*+.^_`|~-), got {value!r}")
+    return value

@@ -19,6 +19,7 @@ from cjs_proxy.config.checks import (
     choice,
     cidrs,
     cipher_list,
+    cookie_name,
     driver,
     header_value,
     integer,
@@ -216,6 +217,17 @@ SETTINGS: tuple[Setting, ...] = (
             "backends off link-local addresses (cloud metadata at 169.254.169.254)."),
     Setting("websocket.maxPerBackend", 1000, integer(1),
             "Most WebSocket tunnels one worker keeps open to one backend; beyond it, upgrades get 503."),
+    Setting("server.balance", "random", choice("random", "roundrobin", "leastconn", "p2c", "sticky"),
+            "Balancing policy of frontends without a `balance:<host>` key: `random` (Hipache's), "
+            "`roundrobin`, `leastconn` (fewest requests in flight from the worker), `p2c` (the less "
+            "busy of two random backends) or `sticky` (a cookie keeps a client on one backend). "
+            "`weights:<host>` weighs random, roundrobin and p2c."),
+    Setting("server.stickyCookie", "cjs_backend", cookie_name,
+            "Cookie of the `sticky` policy (HttpOnly; its value is a keyed hash of the backend, "
+            "never its address)."),
+    Setting("server.stickySecret", None, optional(string),
+            "Key of the sticky cookie's hash; set the same on every node so the hash cannot be "
+            "reversed by trying addresses. null: a fixed key (the value is still not the address)."),
     Setting("admin.port", 9145, port, "Default port of the admin listeners."),
     Setting("admin.bind", ["127.0.0.1"], binds,
             "Admin listen addresses (`/metrics`, `/healthz`, `/readyz`), as `http.bind`; served by "

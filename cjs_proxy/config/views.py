@@ -61,6 +61,15 @@ class HealthSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class BalanceSettings:
+    """The balancing policies' defaults (``pipeline.balance``)."""
+
+    default: str = setting("server.balance")
+    sticky_cookie: str = setting("server.stickyCookie")
+    sticky_secret: str | None = setting("server.stickySecret")
+
+
+@dataclasses.dataclass(frozen=True)
 class UpstreamSettings:
     """The backend pools: their size and timeouts."""
 
@@ -160,9 +169,9 @@ class CheckerSettings:
     dead_ttl: int = setting("server.deadBackendTTL")
 
 
-ALL_VIEWS: tuple[type, ...] = (RoutingSettings, HealthSettings, UpstreamSettings, ProxySettings, AccessLogSettings,
-                               MetricsSettings, LimiterSettings, ProcessSettings, WorkerSettings, CheckerSettings,
-                               ClientLimits)
+ALL_VIEWS: tuple[type, ...] = (RoutingSettings, HealthSettings, BalanceSettings, UpstreamSettings, ProxySettings,
+                               AccessLogSettings, MetricsSettings, LimiterSettings, ProcessSettings, WorkerSettings,
+                               CheckerSettings, ClientLimits)
 
 
 def _addresses(values: Mapping[str, Any], section: str) -> list[tuple[str, int]]:

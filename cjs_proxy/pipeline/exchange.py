@@ -29,6 +29,7 @@ class Exchange:
         "decision",
         "environ",
         "extra",
+        "held",
         "request_id",
         "retries",
         "route",
@@ -54,6 +55,8 @@ class Exchange:
         self.bytes_sent = 0
         #: Appended to the log line as is (a tunnel's byte counts and duration).
         self.extra = ""
+        #: The backend URL counted in flight for its balancing policy (``Balancer.hold``), if any.
+        self.held: str | None = None
         #: Backends tried again after a failure.
         self.retries = 0
         #: The limiter's verdict and decision at the first lookup (a retry's lookup has none).

@@ -64,6 +64,17 @@ class MeasuredStore(RouteStore):
         return written
 
 
+    def mark_dead_url(self, host: str, backend_url: str, ttl: int) -> None:
+        started = time.perf_counter()
+        try:
+            super().mark_dead_url(host, backend_url, ttl)
+        except StoreError:
+            self.metrics.redis_call(time.perf_counter() - started, True)
+            raise
+        self.metrics.redis_call(time.perf_counter() - started, False)
+        self.metrics.marked_dead()
+
+
 class MeasuredRouteCache(RouteCache):
     """A ``RouteCache`` that counts its hits as ``cache`` lookups."""
 

@@ -10,7 +10,10 @@ for ``server.deadBackendTTL`` seconds, shared by every worker and proxy node, on
 worker has seen ``server.deadBackendAfter`` failures in a row from it (1, the default,
 is Hipache's behaviour); any other answer resets its count. The only backend of a
 frontend is never marked; and when every backend is marked, they are all tried anyway
-(panic mode, as Envoy does) instead of answering 502 to everyone.
+(panic mode, as Envoy does) instead of answering 502 to everyone. Registered backends
+(``backends:``) are treated alike, except that their marks go to ``deadurls:<host>`` by
+URL: their ids are only one lookup's. Which of the backends that may be tried gets the
+request is the frontend's balancing policy (``balance``).
 
 Backends whose URL is malformed (``Route.unusable``: bad data in Redis) are never
 chosen nor marked; they are reported in one rate-limited line naming the ``frontend:``
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from cjs_proxy.boundedcache import BoundedCache
 from cjs_proxy.eventlog import EventLog
 from cjs_proxy.exceptions import BackendDenied, BackendUnavailable, InvalidFrontend, NoLiveBackend
+from cjs_proxy.pipeline.balance import Picker
 from cjs_proxy.pipeline.router import Route
 from cjs_proxy.pipeline.store import RouteStore, StoreError
 
@@ -60,8 +64,9 @@ def live_backends(route: Route) -> list[Backend]:
 
 
 def choose_backend(route: Route, rng: random.Random = random._inst,
-                   tried: Collection[str] = ()) -> tuple[Backend, bool]:
-    """A backend picked uniformly at random among the live ones not tried yet.
+                   tried: Collection[str] = (), pick: Picker | None = None) -> tuple[Backend, bool]:
+    """A backend picked among the live ones not tried yet: by ``pick`` (the frontend's
+    balancing policy, see ``balance``), else uniformly at random.
 
     Returns ``(backend, panic)``; ``panic`` is true when every usable backend is marked
     dead and the choice was made among all of them. Raises ``InvalidFrontend`` when the
@@ -83,6 +88,8 @@ def choose_backend(route: Route, rng: random.Random = random._inst,
         raise NoLiveBackend(f"no untried live backend left for {route.frontend.key!r}")
     if len(candidates) == 1:
         return candidates[0], panic
+    if pick is not None:
+        return pick(candidates), panic
     return candidates[rng.randrange(len(candidates))], panic
 
 
@@ -119,10 +126,10 @@ class BackendHealth:
         #: Failures in a row per (requested host, backend URL); only backends on a streak are kept.
         self.streaks: BoundedCache[tuple[str, str], int] = BoundedCache(FAILURE_STREAKS_MAX)
 
-    def choose(self, route: Route, tried: Collection[str] = ()) -> Backend:
+    def choose(self, route: Route, tried: Collection[str] = (), pick: Picker | None = None) -> Backend:
         if route.unusable and not tried:  # once per request, not once per retry
             self.report_unusable(route)
-        backend, panic = choose_backend(route, self.rng, tried)
+        backend, panic = choose_backend(route, self.rng, tried, pick)
         if panic:
             self.events.record(f"panic:{route.host}",
                                f"every backend of {route.host} is marked dead: trying them anyway (panic mode)")
@@ -178,14 +185,23 @@ class BackendHealth:
                            f"{count} of {self.dead_after} in a row before it is marked dead", logging.INFO)
 
     def mark_dead(self, route: Route, backend: Backend, reason: str) -> None:
-        """Mark ``backend`` dead for the requested host, unless it is the only usable one."""
+        """Mark ``backend`` dead for the requested host, unless it is the only usable one.
+
+        A static backend by its id in ``dead:`` (Hipache's), a registered one by its URL
+        in ``deadurls:`` (its id is only this lookup's).
+        """
         count = len(route.backends)
         if count - len(route.unusable) < 2:
             log.warning("%s: backend #%d %s is failing (%s); only backend, not marked dead",
                         route.host, backend.id, backend.url, reason)
             return
+        written = True
         try:
-            written = self.store.mark_dead(route.host, backend.id, backend.url, count, self.dead_ttl)
+            if route.frontend.is_registered(backend.id):
+                self.store.mark_dead_url(route.host, backend.url, self.dead_ttl)
+            else:
+                written = self.store.mark_dead(route.host, backend.id, backend.url,
+                                               route.frontend.static_count, self.dead_ttl)
         except StoreError as exc:
             log.error("%s: cannot mark backend #%d dead (%s): %s", route.host, backend.id, reason, exc)
             return

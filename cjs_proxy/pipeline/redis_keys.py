@@ -12,6 +12,14 @@ rate-limit tier; ``rl:...`` the rate limiter's counters; ``tls:<servername>`` a 
 with fields ``certificate`` (PEM chain) and ``key`` (PEM), wildcards as
 ``tls:*.example.com`` (PlanB's schema, so its tooling can write them). ``hchecker_ping`` is not
 prefixed (as in Hipache): the unix time of an external checker's last round.
+
+Ours, beside Hipache's (never inside its keys, so its indexes never shift):
+``backends:<host>`` a sorted set of self-registered backend URLs scored by their
+expiry (unix milliseconds, Redis' clock); ``identifier:<host>`` the identifier of a
+frontend made of registered backends only; ``deadurls:<host>`` the registered
+backends marked dead, by URL (their positions are not stable), keyed like ``dead:``;
+``balance:<host>`` the frontend's balancing policy; ``weights:<host>`` a hash from
+backend URL to weight.
 """
 
 from __future__ import annotations
@@ -24,8 +32,15 @@ DEAD = "dead:"
 TIER = "tier:"
 #: The rate limiter's counters (``rl:tier:...``, ``rl:ip:...``, ``rl:gip:...``, see ``lua/route.lua``).
 COUNTERS = "rl:"
+BACKENDS = "backends:"
+IDENTIFIER = "identifier:"
+DEAD_URLS = "deadurls:"
+BALANCE = "balance:"
+WEIGHTS = "weights:"
 #: Key prefixes whose changes invalidate cached routes.
-ROUTING = (FRONTEND, DEAD, TIER)
+ROUTING = (FRONTEND, DEAD, TIER, BACKENDS, IDENTIFIER, DEAD_URLS, BALANCE, WEIGHTS)
+#: What ``lua/route.lua`` reads besides the frontend lists and ``dead:``, in its ARGV order.
+ROUTE_PREFIXES = (FRONTEND, DEAD, BACKENDS, IDENTIFIER, DEAD_URLS, BALANCE, WEIGHTS)
 #: Certificates offered by SNI: a hash per server name (PlanB's ``tls:<servername>``).
 TLS = "tls:"
 #: The two fields of a ``tls:`` hash.
@@ -70,6 +85,21 @@ class KeySpace:
     def tier(self, host: str) -> str:
         return f"{self.prefix}{TIER}{host}"
 
+    def backends(self, host: str) -> str:
+        return f"{self.prefix}{BACKENDS}{host}"
+
+    def identifier(self, host: str) -> str:
+        return f"{self.prefix}{IDENTIFIER}{host}"
+
+    def dead_urls(self, host: str) -> str:
+        return f"{self.prefix}{DEAD_URLS}{host}"
+
+    def balance(self, host: str) -> str:
+        return f"{self.prefix}{BALANCE}{host}"
+
+    def weights(self, host: str) -> str:
+        return f"{self.prefix}{WEIGHTS}{host}"
+
     def counters(self, name: str) -> str:
         """A rate-limit counter (``lua/route.lua`` names them under this prefix)."""
         return f"{self.prefix}{COUNTERS}{name}"
@@ -86,6 +116,14 @@ class KeySpace:
         """``frontend:<host>`` (prefixed) back to ``<host>``."""
         return key[len(self.prefix) + len(FRONTEND):]
 
+    def host_of(self, key: str, name: str) -> str:
+        """``<name><host>`` (prefixed, ``name`` one of the prefixes above) back to ``<host>``."""
+        return key[len(self.prefix) + len(name):]
+
+    def route_prefixes(self) -> tuple[str, ...]:
+        """``ROUTE_PREFIXES``, prefixed: the route script's first arguments."""
+        return tuple(f"{self.prefix}{name}" for name in ROUTE_PREFIXES)
+
     def routing_prefixes(self) -> list[str]:
-        """The prefixed ``frontend:``, ``dead:`` and ``tier:``: what a cached route depends on."""
+        """The prefixed ``ROUTING`` names: what a cached route depends on."""
         return [f"{self.prefix}{name}" for name in ROUTING]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -117,6 +118,9 @@ class Route:
     limit_answer: LimitAnswer | None = None
     #: True when Redis was unreachable and this is the host's last good route.
     stale: bool = False
+    #: When (``Router.clock``) its first registered backend expires: a cached route is
+    #: dropped then, since an expiry is not a write and Redis announces nothing.
+    expires: float = math.inf
 
     @property
     def identifier(self) -> str:
@@ -151,14 +155,20 @@ class RouteCache:
     arrived does not store its (possibly older) answer.
     """
 
-    def __init__(self, feed: InvalidationFeed, max_entries: int = STALE_ROUTES_MAX) -> None:
+    def __init__(self, feed: InvalidationFeed, max_entries: int = STALE_ROUTES_MAX,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.feed = feed
         self.entries: BoundedCache[str, Route] = BoundedCache(max_entries)
         self.generation = 0
+        self.clock = clock
 
     def get(self, host: str) -> Route | None:
         self._sync()
-        return self.entries.get(host)
+        route = self.entries.get(host)
+        if route is not None and route.expires != math.inf and route.expires <= self.clock():
+            self.entries.pop(host)  # a registered backend expired: Redis knows better now
+            return None
+        return route
 
     def put(self, route: Route, generation: int) -> None:
         """Store ``route`` if nothing changed since ``generation`` (read before the lookup)."""
@@ -209,7 +219,9 @@ class Router:
         if found is None:
             self._last_good.pop(host, None)
             raise UnknownHost(f"no frontend for {host!r}")
-        route = Route(host, found[0], found[1])
+        expires_in = found[0].expires_in
+        route = Route(host, found[0], found[1],
+                      expires=math.inf if expires_in is None else self.clock() + expires_in)
         self._remember(route)
         if cache is not None:
             cache.put(route if found[1] is None else route.with_limit_answer(None), generation)

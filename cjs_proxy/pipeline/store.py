@@ -1,10 +1,11 @@
 """The request path's Redis: route lookups and passive dead marks, one round trip each.
 
-A lookup is one EVALSHA of ``lua/route.lua``: the first non-empty ``frontend:`` list
-among the candidates and ``dead:<host>``, plus the rate limiter's decision when it asks:
-its arguments and its answer are ``ratelimit``'s, passed through unread. For a route the
-worker has cached, ``lua/limit.lua`` makes the same decision alone. In a worker, limited
-calls of one loop turn share their round trip (``coalesce``).
+A lookup is one EVALSHA of ``lua/route.lua``: the first candidate with a non-empty
+``frontend:`` list or live registered backends (``backends:``), its dead marks, balancing
+policy and weights, plus the rate limiter's decision when it asks: its arguments and its
+answer are ``ratelimit``'s, passed through unread. For a route the worker has cached,
+``lua/limit.lua`` makes the same decision alone. In a worker, limited calls of one loop
+turn share their round trip (``coalesce``).
 A dead mark is one EVALSHA of ``lua/mark_dead.lua`` on the write URL. A TLS handshake for
 a name no configured certificate covers reads ``tls:<name>`` and its one-label wildcard
 in one pipelined round trip (``certificate``). Key names come
@@ -14,7 +15,7 @@ from ``redis_keys``; the operator's writes and scans are ``cjs_proxy.admin.store
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +42,59 @@ class StoreError(Exception):
     """Redis could not answer (unreachable, timed out, or refused the command)."""
 
 
+_NO_WEIGHTS: dict[str, str] = {}
+
+
 @dataclass(frozen=True)
 class Frontend:
-    """What Redis holds for a host: the matching key and the raw list, plus dead ids."""
+    """What Redis holds for a host: the matching key, its backends, and which are dead.
+
+    ``backends`` is the static list (``frontend:``, Hipache's ids 0..static_count-1)
+    followed by the live registered backends not already in it: their ids only hold for
+    this lookup, so their dead marks are kept by URL (``deadurls:``) and turned into ids
+    here, and every policy and health check can treat both kinds alike.
+    """
 
     key: str
     identifier: str
     backends: tuple[str, ...]
     dead: frozenset[int]
+    static_count: int = -1
+    #: Seconds until the first registered backend expires (None: no registered backend).
+    expires_in: float | None = None
+    #: ``balance:<key>`` as stored ('' when unset) and ``weights:<key>`` unparsed.
+    balance: str = ""
+    weights: dict[str, str] = field(default_factory=lambda: _NO_WEIGHTS)
+
+    def __post_init__(self) -> None:
+        if self.static_count < 0:
+            object.__setattr__(self, "static_count", len(self.backends))
+
+    def is_registered(self, backend_id: int) -> bool:
+        return backend_id >= self.static_count
+
+
+def decode_frontend(key: str, values: list[bytes], dead_ids: list[bytes], routing: list[Any]) -> Frontend:
+    """A ``Frontend`` from ``lua/route.lua``'s answer (see there for the shape of ``routing``)."""
+    listed = [v.decode("utf-8", "replace") for v in values]
+    static = tuple(listed[1:])
+    dead = {int(d) for d in dead_ids if d.isdigit()}
+    registered_urls, first_expiry, dead_urls, balance, weights = routing
+    if not registered_urls and not weights and not balance:  # Hipache's frontend: no more work
+        return Frontend(key, listed[0], static, frozenset(dead))
+    backends = list(static)
+    if registered_urls:
+        marked = {u.decode("utf-8", "replace") for u in dead_urls}
+        for raw in registered_urls:
+            url = raw.decode("utf-8", "replace")
+            if url not in static:
+                if url in marked:
+                    dead.add(len(backends))
+                backends.append(url)
+    pairs = [w.decode("utf-8", "replace") for w in weights]
+    return Frontend(key, listed[0], tuple(backends), frozenset(dead), len(static),
+                    int(first_expiry) / 1000 if int(first_expiry) >= 0 else None,
+                    balance.decode("utf-8", "replace"), dict(zip(pairs[::2], pairs[1::2], strict=True)))
 
 
 #: The rate limiter's verdict as ``lua/route.lua`` returns it; only ``ratelimit`` reads it.
@@ -131,9 +177,12 @@ class RouteStore:
         self._batched = {script.sha: ScriptBatcher(writer, script.sha, script.source)
                          for script in (self._route_script, self._limit_script)} if coalesce else {}
         self._mark_script = LuaScript(LUA_DIR / "mark_dead.lua")
-        #: The route script's first arguments when it applies limits: where to find tiers
-        #: and keep counters.
-        self._limit_key_prefixes = (self.keys.frontend(""), self.keys.tier(""), self.keys.counters(""))
+        #: The route script's first arguments: where to find what a route is made of.
+        self._route_args = self.keys.route_prefixes()
+        #: Where to find tiers and keep counters: the next arguments when it applies limits
+        #: (``limit.lua`` takes them after the frontend's key).
+        self._counter_prefixes = (self.keys.tier(""), self.keys.counters(""))
+        self._limit_key_prefixes = (*self._route_args, *self._counter_prefixes)
 
     @classmethod
     def from_urls(cls, read_url: str, write_url: str, timeout: float,
@@ -142,7 +191,7 @@ class RouteStore:
 
     def lookup(self, candidates: list[str], host: str,
                limit_args: tuple[str, ...] | None = None) -> tuple[Frontend, LimitAnswer | None] | None:
-        """The first candidate with a non-empty frontend list, with ``dead:<host>``.
+        """The first candidate with a non-empty frontend list or live registered backends.
 
         With ``limit_args`` (the limiter's, see ``lua/route.lua``) the same call applies
         the rate limits and also returns their verdict; it then runs on the write
@@ -150,18 +199,15 @@ class RouteStore:
         """
         keys = [self.keys.frontend(c) for c in candidates]
         keys.append(self.keys.dead(host))
-        args: tuple[str, ...] = ()
         if limit_args is None:
-            client = self.reader
+            client, args = self.reader, self._route_args
         else:
             client, args = self.writer, (*self._limit_key_prefixes, *limit_args)
         reply = self._call(self._route_script, client, keys, args, batched=limit_args is not None)
         position = int(reply[0])
         if position == 0:
             return None
-        values = [v.decode("utf-8", "replace") for v in reply[1]]
-        dead = frozenset(int(d) for d in reply[2] if d.isdigit())
-        frontend = Frontend(candidates[position - 1], values[0], tuple(values[1:]), dead)
+        frontend = decode_frontend(candidates[position - 1], reply[1], reply[2], reply[4])
         return frontend, (reply[3] if limit_args is not None else None)
 
     def limit(self, frontend_key: str, limit_args: tuple[str, ...]) -> LimitAnswer:
@@ -169,7 +215,7 @@ class RouteStore:
 
         ``frontend_key`` is the route's ``Frontend.key``: limits count per frontend.
         """
-        args = (frontend_key, *self._limit_key_prefixes[1:], *limit_args)
+        args = (frontend_key, *self._counter_prefixes, *limit_args)
         return self._call(self._limit_script, self.writer, [], args, batched=True)
 
     def batch_counts(self) -> tuple[int, int]:
@@ -219,6 +265,22 @@ class RouteStore:
             if chain or private_key:
                 return key, chain or b"", private_key or b""
         return None
+
+    def mark_dead_url(self, host: str, backend_url: str, ttl: int) -> None:
+        """A registered backend's mark: SADD + EXPIRE ``deadurls:<host>``, by URL.
+
+        Not published on ``dead`` (Hipache's tools read its id as an index into
+        ``frontend:``), and written even while an external checker is alive: Hipache's
+        checker does not know registered backends (ours rewrites the set every round).
+        """
+        key = self.keys.dead_urls(host)
+        try:
+            with self.writer.pipeline(transaction=True) as pipe:
+                pipe.sadd(key, backend_url)
+                pipe.expire(key, ttl)
+                pipe.execute()
+        except redis.exceptions.RedisError as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
         self.reader.close()

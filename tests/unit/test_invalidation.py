@@ -39,4 +39,6 @@ def test_drain_reports_a_connection_closed_by_redis() -> None:
 def test_a_feed_not_connected_says_everything_changed() -> None:
     feed = InvalidationFeed("redis://127.0.0.1:1/0#pre:", timeout=0.1, clock=lambda: -1.0)  # no attempt due
     assert feed.changed() is True
-    assert feed.keys.routing_prefixes() == ["pre:frontend:", "pre:dead:", "pre:tier:"]
+    assert feed.keys.routing_prefixes() == [
+        "pre:frontend:", "pre:dead:", "pre:tier:", "pre:backends:", "pre:identifier:", "pre:deadurls:",
+        "pre:balance:", "pre:weights:"]

@@ -191,7 +191,7 @@ def measured_store(client: FakeRedis, metrics: Metrics) -> RouteStore:
 
 def test_measured_store_counts_found_unknown_and_failed_lookups(registry: CollectorRegistry) -> None:
     metrics = Metrics(registry=registry)
-    found = measured_store(FakeRedis([1, [b"app", b"http://a:1"], []]), metrics)
+    found = measured_store(FakeRedis([1, [b"app", b"http://a:1"], [], 0, [[], -1, [], b"", []]]), metrics)
     assert found.lookup(["x.test", "*"], "x.test") is not None
     unknown = measured_store(FakeRedis([0, [], []]), metrics)
     assert unknown.lookup(["y.test", "*"], "y.test") is None

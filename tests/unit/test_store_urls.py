@@ -85,6 +85,8 @@ def test_prefix_applies_to_every_routing_key() -> None:
     assert keys.frontend("app.example") == "pre:frontend:app.example"
     assert keys.dead("app.example") == "pre:dead:app.example"
     assert keys.tier("*.app.example") == "pre:tier:*.app.example"
-    assert keys.routing_prefixes() == ["pre:frontend:", "pre:dead:", "pre:tier:"]
+    assert keys.routing_prefixes() == [
+        "pre:frontend:", "pre:dead:", "pre:tier:", "pre:backends:", "pre:identifier:", "pre:deadurls:",
+        "pre:balance:", "pre:weights:"]
     assert keys.host_of_frontend("pre:frontend:*.example") == "*.example"
     assert KeySpace().frontend("*.example") == "frontend:*.example"

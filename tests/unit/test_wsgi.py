@@ -104,7 +104,7 @@ class FakeHealth:
         self.failures: list[tuple[str, str]] = []
         self.answers: list[tuple[str, int]] = []
 
-    def choose(self, route: Route, tried: Iterable[str] = ()) -> Backend:
+    def choose(self, route: Route, tried: Iterable[str] = (), pick: object = None) -> Backend:
         for backend_id, url in enumerate(route.backends):
             if url not in tried:
                 return Backend(backend_id, url)

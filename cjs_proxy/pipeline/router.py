@@ -9,6 +9,7 @@ that backend its turn, not the request a 500.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import math
@@ -132,7 +133,7 @@ class Route:
 
     def with_limit_answer(self, answer: LimitAnswer | None) -> Route:
         """The same route with another request's verdict, keeping what was worked out once."""
-        route = Route(self.host, self.frontend, answer, self.stale)
+        route = dataclasses.replace(self, limit_answer=answer)
         if "unusable" in self.__dict__:  # cached_property's value, computed for this frontend already
             route.__dict__["unusable"] = self.__dict__["unusable"]
         return route

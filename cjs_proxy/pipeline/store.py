@@ -283,6 +283,8 @@ class RouteStore:
             raise StoreError(f"{type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
+        for batcher in self._batched.values():
+            batcher.close()
         self.reader.close()
         if self.writer is not self.reader:
             self.writer.close()

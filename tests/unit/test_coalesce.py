@@ -119,3 +119,30 @@ def test_the_store_gives_the_same_limited_answers_coalesced_or_not(raw: redis.Re
     assert [v[1] for v in verdicts] == [0, 0, 0] and batched.batch_counts() == (2, 11)
     assert plain.limit(frontend.key, ("10.0.0.2", limits[1]))[1] == 1  # another client: allowed
 
+
+
+def test_a_batch_that_cannot_be_sent_on_a_stale_connection_is_sent_on_a_fresh_one(raw: redis.Redis) -> None:
+    kwargs = raw.connection_pool.connection_kwargs
+    client = redis.Redis(host=kwargs["host"], port=kwargs["port"], retry=Retry(NoBackoff(), 0))
+    script = batcher(client)
+    assert script(["co:stale"], ("a",))[2] == 1  # its connection is now idle
+    raw.client_kill_filter(_type="normal", skipme=True)  # Redis restarted, as far as it can tell
+    replies = concurrently([lambda: script(["co:stale"], ("b",)) for _ in range(3)])
+    assert sorted(r[2] for r in replies) == [2, 3, 4]  # each ran exactly once
+    client.close()
+
+
+def test_a_connection_lost_mid_batch_fails_the_batch_and_is_not_reused(raw: redis.Redis) -> None:
+    kwargs = raw.connection_pool.connection_kwargs
+    client = redis.Redis(host=kwargs["host"], port=kwargs["port"], socket_timeout=0.5,
+                         retry=Retry(NoBackoff(), 0))
+    slow = batcher(client, "redis.call('INCR', KEYS[1]); local t = redis.call('TIME'); "
+                           "while redis.call('TIME')[1] - t[1] < 1 do end; return 1")
+    replies = concurrently([lambda: slow(["co:slow"]) for _ in range(2)])
+    assert all(isinstance(r, redis.exceptions.TimeoutError) for r in replies)
+    assert not slow._idle  # closed, not kept with a reply pending
+    raw.ping()  # waits for the slow script to end
+    fast = batcher(client)
+    assert fast(["co:after"], ("x",))[2] == 1  # a fresh connection, in step
+    client.close()
+

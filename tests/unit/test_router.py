@@ -361,10 +361,10 @@ def test_a_limited_request_on_a_cached_route_is_stale_when_redis_cannot_decide()
 
 
 def test_a_route_with_another_verdict_keeps_its_checked_backends() -> None:
-    r = Route("app.example", frontend(backends=("http://ok:1", "not a url")))
+    r = Route("app.example", frontend(backends=("http://ok:1", "not a url")), expires=12.5)
     assert list(r.unusable) == [1]
     again = r.with_limit_answer(["v"])
-    assert again.__dict__["unusable"] is r.unusable and again.limit_answer == ["v"]
+    assert again.__dict__["unusable"] is r.unusable and again.limit_answer == ["v"] and again.expires == 12.5
 
 
 def test_unknown_hosts_are_not_cached() -> None:

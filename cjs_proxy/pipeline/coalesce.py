@@ -37,8 +37,9 @@ MAX_CONNECTIONS = 8
 class ScriptBatcher:
     """Sends one Lua script's concurrent calls as pipelined batches, one batch per loop turn.
 
-    The batcher keeps its own few connections (made by the client's pool, so they reach
-    the same server, Sentinel's master included) instead of borrowing the pool's: the
+    The batcher keeps its own few connections (made with the client pool's class and
+    settings, so they reach the same server, Sentinel's master included) instead of
+    borrowing the pool's: the
     pool's checkout polls each connection through gevent's ``select`` (a timer and a hub
     switch per batch) and records statistics. Here an idle connection is checked with the
     kernel's zero-timeout poll: one that is readable (closed by Redis, or out of step) is
@@ -113,6 +114,7 @@ class ScriptBatcher:
                 connection.send_packed_command(connection.pack_commands(commands))
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
                 connection.disconnect()
+                connection.connect()
                 connection.send_packed_command(connection.pack_commands(commands))
             replies = [self._reply(connection) for _ in commands]
         except BaseException:
@@ -122,14 +124,26 @@ class ScriptBatcher:
         return replies
 
     def _connection(self) -> Any:
-        """An idle connection in step with Redis, else a new one (connected on first send)."""
-        while self._idle:
+        """An idle connection in step with Redis, else a new one, connected.
+
+        Connected here, by ``connect()``: a Sentinel-managed connection finds the master
+        there, and only there (``send_packed_command`` would connect to its defaults).
+        """
+        if self._idle:
             connection = self._idle.pop()
             sock = getattr(connection, "_sock", None)
             if sock is not None and not readable_now(sock):
                 return connection
             connection.disconnect()
-        return self.client.connection_pool.make_connection()
+        else:  # made as the pool makes them (the same server, Sentinel's master), but not its to count
+            pool = self.client.connection_pool
+            connection = pool.connection_class(**pool.connection_kwargs)
+        try:
+            connection.connect()
+        except BaseException:
+            connection.disconnect()
+            raise
+        return connection
 
     @staticmethod
     def _reply(connection: Any) -> Any:

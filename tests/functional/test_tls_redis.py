@@ -177,8 +177,10 @@ def test_a_flood_of_unknown_names_is_not_a_flood_of_redis_calls(tls_proxy, rdb):
     elapsed = time.monotonic() - started
     assert all(a == ["default.test"] for a in answers)
     calls = hmget_calls(rdb) - before
-    # One lookup per name (a few more only if the flood outlasted the negative cache).
-    assert calls <= PER_LOOKUP * len(unknown) * (1 + int(elapsed // 5)), (calls, elapsed)
+    # One lookup per name, and one more per name if the worker's certificate feed began
+    # tracking during the flood (answers read before may have missed a change: forgotten),
+    # or if the flood outlasted the negative cache. Without the cache: 100 lookups.
+    assert calls <= PER_LOOKUP * len(unknown) * (2 + int(elapsed // 5)), (calls, elapsed)
 
 
 def slow_redis(client: redis.Redis, seconds: float) -> threading.Thread:

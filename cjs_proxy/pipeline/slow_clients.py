@@ -19,7 +19,8 @@ of that app waited 30 s for a 503. Two rules keep a share of every pool for the 
   for the pool, an answer whose client's send buffer is full is slow at once. A slow transfer that
   finds no lane free goes on while nobody needs the pool; once a request is waiting for
   one of the pool's connections, it is cut (client connection reset, backend connection
-  closed, never pooled) so that the request gets it.
+  closed, never pooled) so that the request gets it: at once when the request arrives
+  (``relieve``), not at the next sweep, which left it waiting up to ``SLOW_AFTER``.
 
 The trade-off: when slow transfers already hold their whole share and the pool is
 full, the slowest further ones are cut rather than queued, legitimate slow downloads
@@ -80,7 +81,7 @@ class PoolShare:
 class ClientWatch:
     """The waits on one client of an exchange that holds a pooled connection."""
 
-    __slots__ = ("backend_url", "client", "lane", "owner", "progress", "seen", "share", "waiting")
+    __slots__ = ("backend_url", "client", "lane", "laneless", "owner", "progress", "seen", "share", "waiting")
 
     def __init__(self, owner: SlowClients, share: PoolShare, client: socket.socket, backend_url: str) -> None:
         self.owner = owner
@@ -91,6 +92,8 @@ class ClientWatch:
         self.progress = 0
         self.seen = -1
         self.lane = False
+        #: Found slow with no lane free: it holds a connection kept for the others.
+        self.laneless = False
 
     def begin(self) -> None:
         """The exchange now waits on its client."""
@@ -116,9 +119,11 @@ class ClientWatch:
     def slow_now(self) -> None:
         """Slow: a lane if one is free, else (the pool being wanted) cut."""
         if self.share.take_lane():
-            self.lane = True
+            self.lane, self.laneless = True, False
         elif self.share.waiting:
             self.owner.shed(self)
+        else:
+            self.laneless = True
 
     def tick(self) -> None:
         """One sweep: a wait that made no progress over a whole ``SLOW_AFTER`` makes the transfer slow."""
@@ -159,6 +164,15 @@ class SlowClients:
             gevent.sleep(self.interval)
             for watch in list(self.active):
                 watch.tick()
+
+    def relieve(self, share: PoolShare) -> bool:
+        """A request is about to wait for ``share``'s pool: cut one transfer already found slow
+        with no lane free, now. True when one was cut (its connection comes free shortly)."""
+        for watch in self.active:
+            if watch.share is share and watch.laneless and not watch.lane and watch.waiting:
+                self.shed(watch)
+                return True
+        return False
 
     def shed(self, watch: ClientWatch) -> None:
         """Cut a slow transfer beyond its pool's share: the request waiting gets its connection."""

@@ -301,6 +301,8 @@ class Upstream:
         return True
 
     def _checkout(self, pool: BackendPool, backend_url: str) -> BackendConnection:
+        if pool.pool is not None and pool.pool.empty():  # this request would wait for the pool
+            self.slow.relieve(pool.share)
         try:
             return pool.checkout(self.pool_timeout)
         except EmptyPoolError as exc:

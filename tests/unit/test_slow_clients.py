@@ -54,3 +54,24 @@ def test_a_transfer_making_progress_is_not_slow():
         watch.tick()
         watch.end()
     assert owner.cut == [] and not watch.lane
+
+
+def test_a_request_about_to_wait_gets_a_laneless_slow_transfer_cut_at_once():
+    """Not at the next sweep: the request would otherwise wait up to a whole interval."""
+    owner, share, other = Recorder(), PoolShare(1), PoolShare(1)
+    fast = owner.watch(share, socket.socket(), "http://b")
+    fast.begin()  # waiting on its client, but never found slow
+    elsewhere = stalled(owner, other)
+    assert owner.relieve(share) is False and owner.cut == []
+    slow = stalled(owner, share)  # found slow, no lane (a pool of 1 has none), nobody waited then
+    assert slow.laneless and owner.cut == []
+    assert owner.relieve(share) is True
+    assert owner.cut == [slow]
+    assert elsewhere not in owner.cut and fast not in owner.cut
+
+
+def test_a_laneless_transfer_that_is_not_waiting_on_its_client_is_left_alone():
+    owner, share = Recorder(), PoolShare(1)
+    slow = stalled(owner, share)
+    slow.end()  # the client took the piece: it is moving again
+    assert owner.relieve(share) is False and owner.cut == []

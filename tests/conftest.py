@@ -77,6 +77,15 @@ def make_proxy(tmp_path: Path, redis_server: RedisServer) -> Iterator[Callable[.
 
 
 @pytest.fixture()
+def pair(tmp_path: Path) -> Iterator[list[Backend]]:
+    """Two backends this test may kill."""
+    started = [Backend(tmp_path, "left"), Backend(tmp_path, "right")]
+    yield started
+    for backend in started:
+        backend.stop()
+
+
+@pytest.fixture()
 def data_dir() -> Iterator[Path]:
     """A short folder for the embedded store (unix socket paths are limited to 107 bytes).
 

@@ -13,15 +13,6 @@ import requests
 from tests.harness import ANSWER_TIMEOUT, Backend, Proxy, free_port, wait_for
 
 
-@pytest.fixture()
-def pair(tmp_path):
-    """Two backends this test may kill."""
-    started = [Backend(tmp_path, "left"), Backend(tmp_path, "right")]
-    yield started
-    for backend in started:
-        backend.stop()
-
-
 @pytest.fixture(scope="module")
 def one_worker_proxy(workdir, redis_server):
     """A proxy with one worker, so a rate-limited log line appears exactly once."""

@@ -8,21 +8,11 @@ import sys
 import threading
 import time
 
-import pytest
 import requests
 
 from cjs_proxy.admin.store import AdminStore
 from cjs_proxy.registration import registered
-from tests.harness import ANSWER_TIMEOUT, WAIT, Backend, Process, RedisServer, wait_for
-
-
-@pytest.fixture()
-def pair(tmp_path):
-    """Two backends this test may kill."""
-    started = [Backend(tmp_path, "left"), Backend(tmp_path, "right")]
-    yield started
-    for backend in started:
-        backend.stop()
+from tests.harness import ANSWER_TIMEOUT, WAIT, Process, RedisServer, wait_for
 
 
 def get(proxy, host, path="/echo", session=None):

@@ -51,7 +51,7 @@ def git_state(rev: str | None) -> dict[str, Any]:
     """The code measured: a revision, or HEAD plus the work tree's uncommitted files (bench/ aside)."""
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT, check=False)
-        return done.stdout.strip()
+        return done.stdout.rstrip()  # not lstrip: porcelain lines start with a space
 
     if rev:
         return {"commit": git("rev-parse", rev), "changed_files": [], "source": f"git archive {rev}"}

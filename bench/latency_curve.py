@@ -8,6 +8,9 @@ achieved rate, p50/p90/p99, requests that left late, CPU and Redis CPU per reque
 the workers' time on a CPU and waiting for one, wrk's and others' share of the machine.
 
     .venv/bin/python bench/latency_curve.py full:500:50 full:1000:50 plain:1000:50 [--duration 4]
+
+``--source DIR`` adds a third proxy, ``source``, with every limit on, running the code in
+DIR (a patched ``git archive`` of the tree: to measure a hot-path change side by side).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="NAME:RATE:CONNECTIONS, NAME plain or full")
     parser.add_argument("--duration", type=float, default=4.0)
+    parser.add_argument("--source", type=Path, help="a folder of proxy code to run as 'source' (limits on)")
     args = parser.parse_args()
     specs = [(name, float(rate), int(conns)) for name, rate, conns in (run.split(":") for run in args.runs)]
     rundir = ROOT / "var" / "bench" / f"{time.strftime('%Y-%m-%dT%H%MZ', time.gmtime())}-curve"
@@ -43,6 +47,9 @@ def main() -> int:
         redis.Redis(port=redis_server.port).rpush(f"frontend:{HOST}", "bench", backend.url)
         proxies = {"plain": Proxy("plain", rundir / "plain", redis_server.url),
                    "full": Proxy("full", rundir / "full", redis_server.url, extra=RATE_LIMITED)}
+        if args.source:
+            proxies["source"] = Proxy("source", rundir / "source", redis_server.url, extra=RATE_LIMITED,
+                                      source=args.source.resolve())
         STARTED.extend(proxies.values())
         targets = {name: Target(name, proxy.port, proxy) for name, proxy in proxies.items()}
         for target in targets.values():

@@ -90,6 +90,12 @@ def test_anchors_are_throughput_over_the_floor_beside_hipache() -> None:
     assert rows["Connection: close"]["full_path"] == 0.5
 
 
+def test_the_worst_policy_is_never_random_itself() -> None:
+    data = run_data(balance_worst=0.9)  # p2c cheaper than random: still the one reported
+    row = next(r for r in targets.check(data) if r["target"].startswith("balancing"))
+    assert row["detail"].startswith("p2c:") and row["value"] == pytest.approx(-0.1)
+
+
 def test_policies_are_compared_with_random_medians() -> None:
     summary = balance_cost.summarise({
         "random": [{"cpu_us_per_req": v, "rps": 1, "errors": 0} for v in (100.0, 300.0, 200.0)],

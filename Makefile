@@ -44,7 +44,7 @@ settings-table: $(STAMP)
 readme-table: $(STAMP)  # rewrite README.md's settings table from the registry
 	$(BIN)/cjs-proxy settings --readme README.md
 
-bench: $(STAMP)  # cjs-proxy vs the backend alone vs nginx on loopback (~2 min); see bench/NOTES.md
+bench: $(STAMP)  # cjs-proxy vs the backend alone vs nginx vs the gevent floor on loopback (~4 min); see bench/NOTES.md
 	@if ! command -v wrk >/dev/null || ! PATH="$$PATH:/usr/sbin:/sbin" command -v nginx >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing wrk and nginx (Debian packages)"; \

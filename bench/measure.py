@@ -35,6 +35,19 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_times(pid))
 
 
+def schedstat(pid: int) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for one) of a process's main thread.
+
+    ``/proc/<pid>/schedstat``: the wait is time the scheduler kept a ready thread off
+    the CPUs, i.e. what sharing the machine (with wrk, nginx, Redis, others) costs it.
+    """
+    try:
+        on_cpu, waiting, _ = Path(f"/proc/{pid}/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
+
+
 def rss_kib(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -148,10 +161,16 @@ def parse_wrk(output: str) -> WrkResult:
         socket_errors=socket_errors, output=output)
 
 
+def wrk_prefix() -> list[str]:
+    """``nice -n N`` before wrk when ``BENCH_WRK_NICE=N`` (an experiment: the servers first on the CPUs)."""
+    nice = os.environ.get("BENCH_WRK_NICE")
+    return ["nice", "-n", nice] if nice else []
+
+
 def run_wrk(url: str, host: str, *, connections: int, threads: int, duration: float,
             headers: tuple[str, ...] = (), script: Path | None = None) -> WrkResult:
     """One wrk run, bounded in time (wrk's own -d, and a hard timeout around it)."""
-    argv = [shutil.which("wrk") or "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s",
+    argv = [*wrk_prefix(), shutil.which("wrk") or "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration:g}s",
             "--latency", "--timeout", "5s", "-H", f"Host: {host}"]
     for header in headers:
         argv += ["-H", header]

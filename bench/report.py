@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pyspy_summary
+import targets
 
 PROXY, DIRECT, NGINX, FLOOR = "cjs-proxy", "direct", "nginx", "gevent-floor"
 TARGETS = (DIRECT, NGINX, PROXY, FLOOR)
@@ -79,7 +80,8 @@ def check_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
             f"{direct['mib_s']:,.0f} MiB/s)", share >= 0.5)
         growth = proxy["rss_peak_mib"] - proxy["rss_before_mib"]
         add(f"{entry['name']}: worker RSS growth < 20 MiB", f"{growth:+.1f} MiB (peak, both workers)", growth < 20)
-    served = sum(s["targets"][PROXY].get("requests", 0) for s in data["scenarios"] if s["name"] != "rate-limits")
+    served = sum(s["targets"][PROXY].get("requests", 0) for s in data["scenarios"]
+                 if not s["name"].startswith("rate-limits"))
     first = data["scenarios"][0]["targets"][PROXY]["rss_before_mib"] if data["scenarios"] else None
     add("worker RSS flat over 1M requests", f"not measured here: {served:,} requests, RSS {first} -> "
         f"{data.get('proxy_final_rss_mib')} MiB over the run", None)
@@ -144,14 +146,17 @@ def markdown(data: dict[str, Any]) -> str:
             continue
         cells = [f"{_x(r['vs_direct'][k])} / {_x(r['vs_nginx'][k])}" for k in RATIO_KEYS]
         lines.append(f"| {entry['name']} | " + " | ".join(cells) + " |")
-    keepalive = _scenario(data, "get-keepalive")
-    floor = keepalive["targets"].get(FLOOR) if keepalive else None
-    if floor:
-        proxy = keepalive["targets"][PROXY]
-        lines += ["", f"Against the gevent floor (keep-alive): throughput {_x(_ratio(proxy['rps'], floor['rps']))}, "
-                      f"CPU/req {_x(_ratio(proxy.get('cpu_us_per_req'), floor.get('cpu_us_per_req')))} "
-                      f"(floor: {floor['rps']:,.0f} req/s, {_num(floor.get('cpu_us_per_req'))} µs/req)."]
-    lines += ["", "## Targets (issue 7, performance-notes.md)", "", "| target | measured | status |", "|---|---|---|"]
+    for name, mode in (("get-keepalive", "keep-alive"), ("get-close", "Connection: close")):
+        entry = _scenario(data, name)
+        floor = entry["targets"].get(FLOOR) if entry else None
+        if floor and entry:
+            proxy = entry["targets"][PROXY]
+            lines += ["", f"Against the gevent floor ({mode}, limits off): throughput "
+                          f"{_x(_ratio(proxy['rps'], floor['rps']))}, CPU/req "
+                          f"{_x(_ratio(proxy.get('cpu_us_per_req'), floor.get('cpu_us_per_req')))} "
+                          f"(floor: {floor['rps']:,.0f} req/s, {_num(floor.get('cpu_us_per_req'))} µs/req)."]
+    lines += ["", "## Targets of issue 7 (absolute figures set on another machine; performance-notes.md)", "",
+              "| target | measured | status |", "|---|---|---|"]
     lines += [f"| {c['target']} | {c['measured']} | {c['status']} |" for c in data.get("targets", [])]
     profile = data.get("profile")
     if profile:
@@ -163,6 +168,7 @@ def markdown(data: dict[str, Any]) -> str:
         lines += ["", f"Warnings, errors or tracebacks in the proxy logs: {problems} (see the run folder)."]
     lines += ["", "Scenarios:", ""]
     lines += [f"- `{e['name']}`: {e['title']}" for e in data["scenarios"]]
+    lines += targets.markdown(data)
     return "\n".join(lines) + "\n"
 
 

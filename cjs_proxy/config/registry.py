@@ -159,8 +159,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a worker keeps serving a host's last good route while Redis is "
             "unreachable (0 disables)."),
     Setting("server.routeCache", True, boolean,
-            "Keep routes in each worker until Redis announces a change to a routing key "
-            "(client-side tracking, Redis 6+); requests with rate limits always ask Redis."),
+            "Keep routes in each worker until Redis announces a change to a key the route was "
+            "read from (client-side tracking, Redis 6+); requests with rate limits always ask Redis."),
     Setting("server.redisTimeout", 2, number(),
             "Seconds to wait for Redis before the request is answered without it."),
     Setting("server.maxRequests", 0, integer(0),

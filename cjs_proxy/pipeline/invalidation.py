@@ -3,7 +3,8 @@
 ``RouteCache`` (``router``) asks ``changed()`` before serving a route from memory, so
 the check must cost next to nothing: one kernel poll of two sockets
 (``sockets.readable_now``), no Redis command, no hub switch. Only when bytes arrived
-are they read, through redis-py's own parser.
+are they read, through redis-py's own parser, and the keys they name handed back, so
+the cache drops only what was read from them.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ log = logging.getLogger("cjs_proxy.pipeline.invalidation")
 
 #: Where Redis sends the invalidation messages of a RESP2 client (redirected tracking).
 INVALIDATE_CHANNEL = "__redis__:invalidate"
+INVALIDATE_CHANNEL_BYTES = INVALIDATE_CHANNEL.encode()
 #: Seconds between two attempts to (re)open the feed.
 RECONNECT_INTERVAL = 1.0
 
@@ -46,16 +48,44 @@ def descriptor(connection: AbstractConnection) -> int:
     return sock.fileno()
 
 
-def drain(connection: AbstractConnection) -> None:
-    """Read everything that arrived, without waiting: what it says does not matter.
+#: What changed: False nothing, True anything may have (see ``InvalidationFeed.changed``),
+#: else the keys named, never an empty list. Truthy whenever something changed.
+Changes = bool | list[str]
+
+
+def drain(connection: AbstractConnection) -> list[object]:
+    """Read every whole reply that arrived, without waiting (hiredis keeps a partial one
+    for the next call).
 
     Raises ``redis.exceptions.ConnectionError`` when Redis closed the connection.
     """
+    replies = []
     while True:
         try:
-            connection.read_response(timeout=0, disconnect_on_error=False)
+            replies.append(connection.read_response(timeout=0, disconnect_on_error=False))
         except redis.exceptions.TimeoutError:  # nothing more to read now
-            return
+            return replies
+
+
+def changed_keys(replies: list[object], prefix: str) -> Changes:
+    """The keys the listener's ``replies`` say changed, without the driver's ``prefix``;
+    True when they say everything may have.
+
+    In RESP2, a redirected invalidation is a pub/sub message ``[b"message",
+    b"__redis__:invalidate", payload]`` whose payload is the list of keys written (in BCAST
+    mode Redis gathers those of one event-loop turn, per tracked prefix, in one message),
+    or null when the whole data set went (FLUSHALL, FLUSHDB). Anything else was never
+    asked for: it is taken as "everything", the safe reading.
+    """
+    keys: list[str] = []
+    for reply in replies:
+        if not (isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message"
+                and reply[1] == INVALIDATE_CHANNEL_BYTES and isinstance(reply[2], list)):
+            return True  # a flush (null payload), or not an invalidation at all
+        for raw in reply[2]:
+            key = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+            keys.append(key[len(prefix):] if key.startswith(prefix) else key)
+    return keys
 
 
 def feed_pool(url: str, timeout: float) -> tuple[redis.ConnectionPool, str]:
@@ -91,17 +121,19 @@ def command(connection: AbstractConnection, *args: object) -> object:
 
 
 class InvalidationFeed:
-    """Tells whether any routing key changed, using Redis client-side tracking (Redis 6+).
+    """Tells which routing keys changed, using Redis client-side tracking (Redis 6+).
 
     One connection is subscribed to ``__redis__:invalidate``; a second one turns on
-    ``CLIENT TRACKING ... BCAST`` for the ``frontend:``, ``dead:`` and ``tier:`` prefixes
-    (or the ``prefixes`` given: the certificate cache tracks ``tls:``) with its messages
-    redirected to the first. Redis then announces every change to those
-    keys, by anyone, on the first connection. ``changed()`` only checks, without blocking,
-    whether anything arrived on either (the second one only ever speaks when it is
-    closed, and its tracking ends with it): any change empties the cache.
+    ``CLIENT TRACKING ... BCAST`` for the ``redis_keys.ROUTING`` prefixes (or the
+    ``prefixes`` given: the certificate cache tracks ``tls:``) with its messages
+    redirected to the first. Redis then announces every change to those keys, by anyone,
+    on the first connection, naming the keys. ``changed()`` checks, without blocking,
+    whether anything arrived on either, and reads it if so (the second one only ever
+    speaks when it is closed, and its tracking ends with it: that is "everything").
     While the feed is down (starting, Redis restarting, Redis < 6) ``changed()`` answers
-    True, so nothing is served from the cache; it reconnects at most once a second.
+    True, so nothing is served from the cache; it reconnects at most once a second, and
+    answers True once more right after: a change made while it was down was never
+    announced, and a lookup that read Redis then must not be stored.
     """
 
     def __init__(self, url: str, timeout: float, clock: Callable[[], float] = time.monotonic,
@@ -115,6 +147,8 @@ class InvalidationFeed:
         self._descriptors: tuple[int, ...] = ()
         self._connecting: gevent.Greenlet | None = None
         self._next_attempt = 0.0
+        #: Set when tracking (re)starts: the next ``changed()`` says everything.
+        self._fresh = False
         self.unsupported = False
 
     @property
@@ -122,19 +156,27 @@ class InvalidationFeed:
         """True while Redis is tracking: then ``changed()`` answering False can be trusted."""
         return bool(self._connections)
 
-    def changed(self) -> bool:
+    def changed(self) -> Changes:
+        """What changed since the last call: False (nothing), the keys Redis named (without
+        the driver's prefix), or True (anything may have: down, just reconnected, a flush)."""
         if not self._connections:
             self._reconnect_soon()
+            return True
+        if self._fresh:
+            self._fresh = False
             return True
         try:
             if not readable_now(*self._descriptors):
                 return False
-            for connection in self._connections:
-                drain(connection)
+            listener, tracker = self._connections
+            keys = changed_keys(drain(listener), self.keys.prefix)
+            if drain(tracker):
+                return True
         except (redis.exceptions.RedisError, OSError, ValueError) as exc:
             log.warning("route cache off: invalidation feed lost (%s); reconnecting", exc)
             self.close()
-        return True
+            return True
+        return keys or False
 
     def _reconnect_soon(self) -> None:
         """Open the feed in its own greenlet, never on a request's time, at most once a second."""
@@ -172,6 +214,7 @@ class InvalidationFeed:
             return
         self._connections = [listener, tracker]
         self._descriptors = descriptors
+        self._fresh = True
 
     def close(self) -> None:
         for connection in self._connections:

@@ -22,7 +22,9 @@ from functools import cached_property
 from cjs_proxy.boundedcache import BoundedCache
 from cjs_proxy.exceptions import InvalidHost, StoreUnavailable, UnknownHost
 from cjs_proxy.pipeline.invalidation import InvalidationFeed
+from cjs_proxy.pipeline.redis_keys import KeySpace
 from cjs_proxy.pipeline.store import Frontend, LimitAnswer, RouteStore, StoreError
+from cjs_proxy.pipeline.tracked import TrackedCache
 
 log = logging.getLogger("cjs_proxy.pipeline.router")
 
@@ -149,39 +151,72 @@ class Route:
         return problems
 
 
-class RouteCache:
-    """Routes by requested host, valid until Redis announces any change to routing keys.
+#: Key names without the driver's prefix, as the invalidation feed reports them.
+_NAMES = KeySpace()
 
-    ``generation`` moves on every clear, so a lookup that was in flight while a change
-    arrived does not store its (possibly older) answer.
+
+def dependencies(route: Route) -> tuple[str, ...]:
+    """The keys ``route`` was read from (``lua/route.lua``), without the driver's prefix.
+
+    ``frontend:`` and ``backends:`` of every candidate up to the one that matched: a
+    write to an earlier one may make it match instead (a later one was never read);
+    ``dead:`` and ``deadurls:`` of the requested host (marks are kept by it); the
+    matched frontend's ``identifier:``, ``balance:`` and ``weights:``; and its ``tier:``
+    (read afresh by every limited request, not kept in the route: listed so a tier change
+    still renews the route, as any routing change did before).
+    """
+    host, matched = route.host, route.frontend.key
+    names = [_NAMES.dead(host), _NAMES.dead_urls(host)]
+    for candidate in lookup_candidates(host):
+        names.append(_NAMES.frontend(candidate))
+        names.append(_NAMES.backends(candidate))
+        if candidate == matched:
+            break
+    names.extend((_NAMES.identifier(matched), _NAMES.balance(matched), _NAMES.weights(matched),
+                  _NAMES.tier(matched)))
+    return tuple(names)
+
+
+class RouteCache:
+    """Routes by requested host, each kept until Redis announces a change to a key it was read from.
+
+    The feed names the keys that changed; only the routes read from them are dropped
+    (``dependencies``, ``tracked.TrackedCache``): a registrar renewing ``backends:`` of
+    one host, or a dead mark on another, leaves every other cached route alone. A flush,
+    a feed that is down or has just reconnected empties the cache. A lookup in flight
+    while one of its own keys changes does not store its (possibly older) answer: the
+    router reads ``generation`` before looking up and hands it to ``put``.
     """
 
     def __init__(self, feed: InvalidationFeed, max_entries: int = STALE_ROUTES_MAX,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.feed = feed
-        self.entries: BoundedCache[str, Route] = BoundedCache(max_entries)
-        self.generation = 0
+        self.routes: TrackedCache[Route] = TrackedCache(max_entries)
         self.clock = clock
+
+    @property
+    def generation(self) -> int:
+        return self.routes.generation
 
     def get(self, host: str) -> Route | None:
         self._sync()
-        route = self.entries.get(host)
+        route = self.routes.get(host)
         if route is not None and route.expires != math.inf and route.expires <= self.clock():
-            self.entries.pop(host)  # a registered backend expired: Redis knows better now
+            self.routes.drop(host)  # a registered backend expired: Redis knows better now
             return None
         return route
 
     def put(self, route: Route, generation: int) -> None:
-        """Store ``route`` if nothing changed since ``generation`` (read before the lookup)."""
+        """Store ``route`` if none of its keys changed since ``generation`` (read before the lookup)."""
         self._sync()
-        if generation != self.generation:
-            return
-        self.entries[route.host] = route
+        self.routes.put(route.host, route, dependencies(route), generation)
 
     def _sync(self) -> None:
-        if self.feed.changed():
-            self.entries.clear()
-            self.generation += 1
+        changes = self.feed.changed()
+        if isinstance(changes, list):
+            self.routes.changed(changes)
+        elif changes:
+            self.routes.clear()
 
 
 class Router:

@@ -25,7 +25,7 @@ from typing import Any
 from gunicorn.http.errors import LimitRequestHeaders
 
 from cjs_proxy.config.views import ClientLimits
-from cjs_proxy.pipeline.sockets import Pacer
+from cjs_proxy.pipeline.sockets import Pacer, send_all
 
 log = logging.getLogger("cjs_proxy.client")
 
@@ -119,7 +119,10 @@ class ClientConnection:
         self.phase = "idle"
 
     def sendall(self, data: bytes, *flags: int) -> None:
-        self.sock.sendall(data, *flags)
+        if flags:
+            self.sock.sendall(data, *flags)
+        else:
+            send_all(self.sock, data)
 
     def send(self, data: bytes, *flags: int) -> int:
         return int(self.sock.send(data, *flags))

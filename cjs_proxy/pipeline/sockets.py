@@ -49,6 +49,19 @@ def readable_now(*sockets: HasFileno | int) -> bool:
     return _ready_now(select.POLLIN, sockets)
 
 
+def send_all(sock: socket.socket, data: bytes) -> None:
+    """``sock.sendall(data)``, at one system call when the kernel takes it all at once.
+
+    It nearly always does for a request or response head: gevent's ``sendall`` first asks
+    the kernel for the socket's send-buffer size (a ``getsockopt`` per call, to size its
+    chunks), then sends. ``send`` waits, as ``sendall`` would, if the buffer is full, and
+    honours the socket's timeout; what it leaves goes through ``sendall``.
+    """
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
+
+
 def writable_now(sock: HasFileno | int) -> bool:
     """True when ``sock`` has room in its send buffer right now (or an error to report); answers at once."""
     return _ready_now(select.POLLOUT, (sock,))

@@ -35,7 +35,7 @@ from cjs_proxy.pipeline.addresses import Network, allowed_addresses, connect_che
 from cjs_proxy.pipeline.http1 import ResponseHead, ResponseReader, UpstreamBroken, encode_request_head
 from cjs_proxy.pipeline.request_body import RequestBody
 from cjs_proxy.pipeline.slow_clients import ClientWatch, PoolShare, SlowClients
-from cjs_proxy.pipeline.sockets import readable_now
+from cjs_proxy.pipeline.sockets import readable_now, send_all
 
 __all__ = ["BackendAdapter", "RequestBody", "Upstream", "UpstreamBroken", "UpstreamResponse", "make_session"]
 
@@ -369,7 +369,7 @@ class Upstream:
     def _write_request(self, sock: socket.socket, backend_url: str, head: bytes, body: RequestBody | None) -> None:
         try:
             if body is None:
-                sock.sendall(head)
+                send_all(sock, head)
                 return
             first = True
             for chunk in body:

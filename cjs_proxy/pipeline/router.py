@@ -9,7 +9,6 @@ that backend its turn, not the request a 500.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import logging
 import math
@@ -134,10 +133,14 @@ class Route:
         return self.frontend.backends
 
     def with_limit_answer(self, answer: LimitAnswer | None) -> Route:
-        """The same route with another request's verdict, keeping what was worked out once."""
-        route = dataclasses.replace(self, limit_answer=answer)
-        if "unusable" in self.__dict__:  # cached_property's value, computed for this frontend already
-            route.__dict__["unusable"] = self.__dict__["unusable"]
+        """The same route with another request's verdict, keeping what was worked out once.
+
+        Called for every limited request on a cached route: the backends are checked on
+        the cached route (once) and the copy is made field by field (``dataclasses.replace``
+        inspects the class each time).
+        """
+        route = Route(self.host, self.frontend, answer, self.stale, self.expires)
+        route.__dict__["unusable"] = self.unusable  # cached_property's value, shared
         return route
 
     @cached_property

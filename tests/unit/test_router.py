@@ -365,6 +365,9 @@ def test_a_route_with_another_verdict_keeps_its_checked_backends() -> None:
     assert list(r.unusable) == [1]
     again = r.with_limit_answer(["v"])
     assert again.__dict__["unusable"] is r.unusable and again.limit_answer == ["v"] and again.expires == 12.5
+    fresh = Route("app.example", frontend(backends=("not a url",)))
+    copy = fresh.with_limit_answer(None)  # checked once, on the cached route, and shared
+    assert copy.__dict__["unusable"] is fresh.__dict__["unusable"] == {0: "whitespace or control characters"}
 
 
 def test_unknown_hosts_are_not_cached() -> None:

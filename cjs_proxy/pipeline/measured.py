@@ -9,14 +9,18 @@ when the route cache answers, and ``stale`` by the pipeline (``Route.stale``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from cjs_proxy.pipeline.metrics import NoMetrics
 from cjs_proxy.pipeline.router import Route, RouteCache
 from cjs_proxy.pipeline.store import Frontend, LimitAnswer, RouteStore, StoreError
 
+T = TypeVar("T")
+
 
 class MeasuredStore(RouteStore):
-    """A ``RouteStore`` whose request-path calls (lookup, dead mark) are timed and counted."""
+    """A ``RouteStore`` whose request-path calls (lookup, limits, dead marks) are timed and counted."""
 
     metrics: NoMetrics = NoMetrics()
 
@@ -29,49 +33,34 @@ class MeasuredStore(RouteStore):
         measured.metrics = metrics
         return measured
 
-    def lookup(self, candidates: list[str], host: str,
-               limit_args: tuple[str, ...] | None = None) -> tuple[Frontend, LimitAnswer | None] | None:
+    def _timed(self, call: Callable[..., T], *args: Any) -> T:
+        """``call(*args)``, counted as one Redis call: its time, and whether it failed."""
         started = time.perf_counter()
         try:
-            found = super().lookup(candidates, host, limit_args)
+            result = call(*args)
         except StoreError:
             self.metrics.redis_call(time.perf_counter() - started, True)
             raise
         self.metrics.redis_call(time.perf_counter() - started, False)
+        return result
+
+    def lookup(self, candidates: list[str], host: str,
+               limit_args: tuple[str, ...] | None = None) -> tuple[Frontend, LimitAnswer | None] | None:
+        found = self._timed(super().lookup, candidates, host, limit_args)
         self.metrics.route_lookup("unknown" if found is None else "redis")
         return found
 
     def limit(self, frontend_key: str, limit_args: tuple[str, ...]) -> LimitAnswer:
-        started = time.perf_counter()
-        try:
-            answer = super().limit(frontend_key, limit_args)
-        except StoreError:
-            self.metrics.redis_call(time.perf_counter() - started, True)
-            raise
-        self.metrics.redis_call(time.perf_counter() - started, False)
-        return answer
+        return self._timed(super().limit, frontend_key, limit_args)
 
     def mark_dead(self, host: str, backend_id: int, backend_url: str, backend_count: int,
                   ttl: int) -> bool:
-        started = time.perf_counter()
-        try:
-            written = super().mark_dead(host, backend_id, backend_url, backend_count, ttl)
-        except StoreError:
-            self.metrics.redis_call(time.perf_counter() - started, True)
-            raise
-        self.metrics.redis_call(time.perf_counter() - started, False)
+        written = self._timed(super().mark_dead, host, backend_id, backend_url, backend_count, ttl)
         self.metrics.marked_dead()
         return written
 
-
     def mark_dead_url(self, host: str, backend_url: str, ttl: int) -> None:
-        started = time.perf_counter()
-        try:
-            super().mark_dead_url(host, backend_url, ttl)
-        except StoreError:
-            self.metrics.redis_call(time.perf_counter() - started, True)
-            raise
-        self.metrics.redis_call(time.perf_counter() - started, False)
+        self._timed(super().mark_dead_url, host, backend_url, ttl)
         self.metrics.marked_dead()
 
 

@@ -26,47 +26,11 @@ from run import export_revision
 from servers import ROOT, Backend, Proxy, RedisServer
 
 from cjs_proxy.admin.store import AdminStore
+from tests.harness import Renewals
 
 HOST = "static.bench.test"
 #: Requests per second each client sends (two clients).
 CLIENT_RATE = 100
-
-
-def evalsha_calls(client: redis.Redis) -> int:
-    return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
-
-
-class Registrations(threading.Thread):
-    """``count`` registrations of other hosts, each renewed every ttl/3 s, until ``halt``."""
-
-    def __init__(self, store: AdminStore, url: str, count: int, ttl: int) -> None:
-        super().__init__(daemon=True)
-        self.store, self.url, self.ttl = store, url, ttl
-        self.hosts = [f"registered-{i}.bench.test" for i in range(count)]
-        self.lock = threading.Lock()
-        self.calls = 0
-        self.halt = threading.Event()
-        for host in self.hosts:
-            self.renew(host)
-
-    def renew(self, host: str) -> None:
-        with self.lock:
-            self.store.register(host, self.url, self.ttl)
-            self.calls += 1
-
-    def run(self) -> None:
-        step = self.ttl / 3 / len(self.hosts)
-        deadline = time.monotonic() + 600  # bounded, whatever happens to the caller
-        while time.monotonic() < deadline:
-            for host in self.hosts:
-                self.renew(host)
-                if self.halt.wait(step):
-                    return
-
-    def lookups(self, client: redis.Redis) -> int:
-        """EVALSHA calls so far that were not registrations: route lookups."""
-        with self.lock:
-            return evalsha_calls(client) - self.calls
 
 
 def client(url: str, seconds: float, sent: list[int], failed: list[int]) -> None:
@@ -81,14 +45,14 @@ def client(url: str, seconds: float, sent: list[int], failed: list[int]) -> None
             time.sleep(max(0.0, len(sent) / 2 / CLIENT_RATE - elapsed))
 
 
-def warm(url: str, rdb: redis.Redis, renewing: Registrations) -> None:
+def warm(url: str, renewing: Renewals) -> None:
     """Requests on new connections until 20 in a row needed no lookup: both workers' feeds
     are connected and their caches hold the route (at most 1,000 requests)."""
     quiet = 0
     for _ in range(1000):
-        before = renewing.lookups(rdb)
+        before = renewing.lookups()
         requests.get(url, headers={"Host": HOST}, timeout=30)
-        quiet = quiet + 1 if renewing.lookups(rdb) == before else 0
+        quiet = quiet + 1 if renewing.lookups() == before else 0
         if quiet == 20:
             return
         time.sleep(0.01)
@@ -107,10 +71,12 @@ def measure_source(source: Path, work: Path, registrations: int, ttl: int, secon
         proxy = Proxy("cjs-proxy", work / "proxy", store.url, workers=2, source=source)
         started.append(proxy)
         admin = AdminStore.from_urls(store.url, store.url, 5, max_connections=2)
-        renewing = Registrations(admin, backend.url, registrations, ttl)
-        warm(proxy.url, rdb, renewing)
+        hosts = [f"registered-{i}.bench.test" for i in range(registrations)]
+        # Each renewed every ttl/3 s, as `cjs-proxy register` does; bounded whatever happens to the caller.
+        renewing = Renewals(admin, rdb, backend.url, hosts, ttl, ttl / 3, limit=600)
+        warm(proxy.url, renewing)
         renewing.start()
-        before, renewed = renewing.lookups(rdb), renewing.calls
+        before, renewed = renewing.lookups(), renewing.calls
         sent: list[int] = []
         failed: list[int] = []
         clients = [threading.Thread(target=client, args=(proxy.url, seconds, sent, failed)) for _ in range(2)]
@@ -120,9 +86,8 @@ def measure_source(source: Path, work: Path, registrations: int, ttl: int, secon
         for thread in clients:
             thread.join(seconds + 60)
         elapsed = time.monotonic() - begun
-        lookups, renewals = renewing.lookups(rdb) - before, renewing.calls - renewed
-        renewing.halt.set()
-        renewing.join(10)
+        lookups, renewals = renewing.lookups() - before, renewing.calls - renewed
+        renewing.stop()
         admin.reader.close()
         return {"requests": len(sent), "failed": len(failed), "seconds": elapsed, "lookups": lookups,
                 "renewals": renewals}

@@ -12,10 +12,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis
 import yaml
@@ -237,3 +238,51 @@ class WebSocketBackend(Process):
                          workdir / f"ws-backend-{self.port}.log")
         self.wait_until(lambda: port_open(self.port), what="websocket backend")
         self.url = f"http://127.0.0.1:{self.port}"
+
+
+def evalsha_calls(client: redis.Redis) -> int:
+    """EVALSHA calls Redis has counted (``INFO commandstats``): route lookups and registrations."""
+    return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+class Registering(Protocol):
+    def register(self, host: str, url: str, ttl: int) -> Any: ...
+
+
+class Renewals(threading.Thread):
+    """Registrations of ``hosts``, all renewed once every ``period`` seconds (spread evenly over
+    it), for at most ``limit`` seconds or until ``stop()``. ``lookups()`` counts the EVALSHAs
+    Redis saw that were not theirs: route lookups (the route cache's misses)."""
+
+    def __init__(self, store: Registering, client: redis.Redis, url: str, hosts: list[str], ttl: int,
+                 period: float, limit: float) -> None:
+        super().__init__(daemon=True)
+        self.store, self.client, self.url, self.hosts, self.ttl = store, client, url, hosts, ttl
+        self.step = period / len(hosts)
+        self.deadline = time.monotonic() + limit
+        self.lock = threading.Lock()
+        self.calls = 0
+        self.halt = threading.Event()
+        for host in self.hosts:
+            self.renew(host)
+
+    def renew(self, host: str) -> None:
+        with self.lock:
+            self.store.register(host, self.url, self.ttl)
+            self.calls += 1
+
+    def run(self) -> None:
+        while time.monotonic() < self.deadline:
+            for host in self.hosts:
+                self.renew(host)
+                if self.halt.wait(self.step):
+                    return
+
+    def lookups(self) -> int:
+        """EVALSHA calls so far that were not registrations."""
+        with self.lock:
+            return evalsha_calls(self.client) - self.calls
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=10)

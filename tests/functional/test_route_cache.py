@@ -7,7 +7,6 @@ test itself makes through their script.
 
 from __future__ import annotations
 
-import threading
 import time
 
 import gevent
@@ -17,16 +16,13 @@ import requests
 
 from cjs_proxy.admin.store import AdminStore
 from cjs_proxy.pipeline.invalidation import InvalidationFeed
-from tests.harness import ANSWER_TIMEOUT, RedisServer, wait_for
+from tests.harness import ANSWER_TIMEOUT, RedisServer, Renewals, evalsha_calls, wait_for
 
 #: Registrations on other hosts, each renewed every ``PERIOD`` seconds (faster than a registrar of ``TTL`` would).
 REGISTRATIONS = 50
 PERIOD = 0.3
 TTL = 3
 
-
-def evalsha_calls(rdb: redis.Redis) -> int:
-    return int(rdb.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
 
 
 def served_by(proxy, host: str) -> str:
@@ -35,47 +31,11 @@ def served_by(proxy, host: str) -> str:
     return response.json()["server"]
 
 
-class Renewals(threading.Thread):
-    """Registrars of ``REGISTRATIONS`` other hosts, renewing one every ``PERIOD / REGISTRATIONS`` s,
-    for at most ``limit`` seconds. ``lookups()`` counts the EVALSHAs that were not theirs."""
-
-    def __init__(self, store: AdminStore, rdb: redis.Redis, url: str, limit: float = 60.0) -> None:
-        super().__init__(daemon=True)
-        self.store, self.rdb, self.url = store, rdb, url
-        self.hosts = [f"registered-{i}.other.test" for i in range(REGISTRATIONS)]
-        self.deadline = time.monotonic() + limit
-        self.lock = threading.Lock()
-        self.calls = 0
-        self.halt = threading.Event()
-        for host in self.hosts:
-            self.renew(host)
-
-    def renew(self, host: str) -> None:
-        with self.lock:
-            self.store.register(host, self.url, TTL)
-            self.calls += 1
-
-    def run(self) -> None:
-        while time.monotonic() < self.deadline:
-            for host in self.hosts:
-                self.renew(host)
-                if self.halt.wait(PERIOD / REGISTRATIONS):
-                    return
-
-    def lookups(self) -> int:
-        """EVALSHAs so far that were not registrations: route lookups."""
-        with self.lock:
-            return evalsha_calls(self.rdb) - self.calls
-
-    def stop(self) -> None:
-        self.halt.set()
-        self.join(timeout=10)
-
-
 @pytest.fixture()
 def renewals(redis_server: RedisServer, rdb: redis.Redis, backends):
     store = AdminStore.from_urls(redis_server.url, redis_server.url, 5, max_connections=2)
-    started = Renewals(store, rdb, backends[2].url)
+    started = Renewals(store, rdb, backends[2].url, [f"registered-{i}.other.test" for i in range(REGISTRATIONS)],
+                       TTL, PERIOD, limit=60.0)
     yield started
     started.stop()
     store.reader.close()

@@ -80,18 +80,25 @@ class ScriptBatcher:
                 self._send(pending[start:start + MAX_BATCH])
 
     def _send(self, batch: list[tuple[list[str], tuple, AsyncResult]]) -> None:
-        """One pipelined round trip for ``batch``; a second one only if Redis lost the script."""
+        """One pipelined round trip for ``batch``; a second one, for the calls Redis answered
+        NOSCRIPT (its script cache was flushed), once the script is loaded again. A call that
+        ran is never sent twice: its counters moved already."""
         self.batches += 1
         self.calls += len(batch)
         try:
             replies = self._execute(batch)
-            if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-                self.client.script_load(self.source)
-                replies = self._execute(batch)
         except Exception as exc:  # every waiter gets the error (a RedisError is the store's to translate)
-            for _keys, _args, waiter in batch:
-                waiter.set_exception(exc)
-            return
+            replies = [exc] * len(batch)
+        lost = [i for i, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)]
+        if lost:
+            retry = [batch[i] for i in lost]
+            try:
+                self.client.script_load(self.source)
+                again = self._execute(retry)
+            except Exception as exc:
+                again = [exc] * len(retry)
+            for i, reply in zip(lost, again, strict=True):
+                replies[i] = reply
         for (_keys, _args, waiter), reply in zip(batch, replies, strict=True):
             if isinstance(reply, Exception):
                 waiter.set_exception(reply)

@@ -146,3 +146,21 @@ def test_a_connection_lost_mid_batch_fails_the_batch_and_is_not_reused(raw: redi
     assert fast(["co:after"], ("x",))[2] == 1  # a fresh connection, in step
     client.close()
 
+
+
+def test_only_the_calls_redis_answered_noscript_are_sent_again(raw: redis.Redis) -> None:
+    """A script cache flushed between two calls of one batch: the calls that ran are not run twice."""
+
+    class Partly(ScriptBatcher):
+        sent: list[list[str]] = []
+
+        def _execute(self, batch):  # type: ignore[no-untyped-def]
+            self.sent.append([keys[0] for keys, _args, _waiter in batch])
+            if len(self.sent) == 1:
+                return [b"ran", redis.exceptions.NoScriptError("NOSCRIPT"), b"ran"]
+            return [b"ran again" for _ in batch]
+
+    script = Partly(raw, "0" * 40, ECHO)
+    replies = concurrently([lambda k=k: script([k]) for k in ("co:a", "co:b", "co:c")])
+    assert Partly.sent == [["co:a", "co:b", "co:c"], ["co:b"]]
+    assert replies == [b"ran", b"ran again", b"ran"]

@@ -37,7 +37,7 @@ setup(
         "urllib3>=2.0",
         "httptools>=0.6.2",  # llhttp, strict parsing of backend responses (set_dangerous_leniencies)
         "redis>=8.0",  # Connection.read_response(timeout=...): the invalidation feed
-        "hiredis>=2.0",
+        "hiredis>=2.1",  # pack_command: the limiter batcher writes its own RESP
         "gevent-websocket>=0.10",
         "PyYAML>=6.0",
         "cryptography>=42",  # certificate names for SNI

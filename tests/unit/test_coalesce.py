@@ -164,3 +164,25 @@ def test_only_the_calls_redis_answered_noscript_are_sent_again(raw: redis.Redis)
     replies = concurrently([lambda k=k: script([k]) for k in ("co:a", "co:b", "co:c")])
     assert Partly.sent == [["co:a", "co:b", "co:c"], ["co:b"]]
     assert replies == [b"ran", b"ran again", b"ran"]
+
+
+def test_calls_left_by_a_leader_killed_before_sending_are_still_sent(raw: redis.Redis) -> None:
+    """The first call of a turn sends the batch; if its greenlet dies first, the others must not hang."""
+    script = ScriptBatcher(raw, raw.script_load(ECHO), ECHO, max_connections=1)
+    script._slots.acquire()  # every connection busy: the leader waits for one, the others join it
+    leader = gevent.spawn(script, ["co:kill"], ("leader",))
+    follower = gevent.spawn(script, ["co:kill"], ("follower",))
+    gevent.sleep(0.05)
+    assert len(script._pending) == 2 and not follower.ready()
+    leader.kill()
+    script._slots.release()
+    assert follower.get(timeout=10)[1:] == [b"follower", 1]  # sent, once, without its leader
+    assert isinstance(leader.value, gevent.GreenletExit)
+
+
+def test_a_reply_is_read_across_several_reads(raw: redis.Redis) -> None:
+    """A batch's replies longer than one read arrive in pieces: each call still gets its own whole."""
+    script = batcher(raw, "return string.rep(ARGV[1], 100000)")
+    replies = concurrently([lambda c=c: script(["co:big"], (c,)) for c in "abc"])
+    assert [len(r) for r in replies] == [100000] * 3
+    assert [r[:1] for r in replies] == [b"a", b"b", b"c"]

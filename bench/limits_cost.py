@@ -42,8 +42,8 @@ def one_run(proxy: Proxy, redis_server: RedisServer, client: redis.Redis, durati
             connections: int, keepalive: bool) -> dict[str, float]:
     cpu_before, redis_before = measure.tree_cpu_seconds(proxy.pid), measure.cpu_seconds(redis_server.pid)
     reads_before, calls_before = redis_counters(client)
-    result = measure.run_wrk(proxy.url + "/", HOST, connections=connections, threads=min(2, connections), duration=duration,
-                             headers=() if keepalive else ("Connection: close",))
+    result = measure.run_wrk(proxy.url + "/", HOST, connections=connections, threads=min(2, connections),
+                             duration=duration, headers=() if keepalive else ("Connection: close",))
     reads_after, calls_after = redis_counters(client)
     requests = max(1, result.requests)
     calls = calls_after - calls_before

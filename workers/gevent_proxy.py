@@ -38,6 +38,7 @@ from cjs_proxy.lifecycle import handover, privileges
 from cjs_proxy.lifecycle.watchdog import MemoryWatchdog, rss_bytes
 from cjs_proxy.pipeline.error_pages import ErrorPages
 from cjs_proxy.pipeline.metrics import FLUSH_INTERVAL, NoMetrics
+from workers import response
 from workers.client_connection import ClientBody, ClientConnection, ContinueOnRead
 
 if TYPE_CHECKING:  # imported for real only in load_wsgi: after gevent's monkeypatching
@@ -265,7 +266,8 @@ class ProxyWorker(GeventWorker):
         gunicorn imports ``cjs_proxy.wsgi`` and reads its ``application``, which is then
         that same app. The ``Server`` name is gunicorn's module constant, which each
         ``Response`` copies when it is created: replacing it once here renames every
-        response of the worker.
+        response of the worker; its response class sends a head with the first body bytes
+        (``workers.response``).
         """
         from cjs_proxy.wsgi import build_application
 
@@ -277,6 +279,7 @@ class ProxyWorker(GeventWorker):
         options = self.options = view(WorkerSettings, settings)
         self.server_header = options.server_header
         gunicorn_wsgi.SERVER = self.server_header
+        response.install()
         self.error_pages = ErrorPages(options.static_dir)
         if settings["https.bind"]:
             # Only where HTTPS is served: cryptography adds ~10 MiB to a worker.

@@ -6,11 +6,13 @@ import os
 import re
 import time
 from pathlib import Path
+from select import PIPE_BUF
 from typing import Any
 
+import gevent
 import pytest
 
-from cjs_proxy.pipeline.accesslog import AccessEntry, AccessLog, format_line, local_time
+from cjs_proxy.pipeline.accesslog import AccessEntry, AccessLog, _chunks, format_line, local_time
 
 STAMP = "10/Oct/2000:13:55:36 -0700"
 
@@ -188,3 +190,35 @@ def test_dash_writes_to_stdout(capfd: pytest.CaptureFixture[str]) -> None:
     os.fstat(1)
     out = capfd.readouterr().out
     assert '"GET /to-stdout HTTP/1.1" 200 512' in out
+
+
+def test_the_lines_of_one_loop_turn_leave_in_one_write_at_its_end(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path))
+    writes: list[int] = []
+    real_write = os.write
+
+    def counting_write(fd: int, data: bytes) -> int:
+        writes.append(data.count(b"\n"))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", counting_write)
+    try:
+        gevent.joinall([gevent.spawn(log.write, entry(uri=f"/{i}")) for i in range(5)])
+        assert writes == [5]  # five greenlets of one turn: one write
+        assert path.read_text(encoding="utf-8").count("\n") == 5
+        log.write(entry(uri="/next-turn"))
+        assert writes == [5]  # kept until this turn is over...
+        gevent.sleep(0)
+        assert writes == [5, 1]  # ...and not a moment longer
+    finally:
+        log.close()
+
+
+def test_to_stdout_no_write_is_larger_than_a_pipe_keeps_whole() -> None:
+    lines = [f"{i:05d} " + "x" * 300 + "\n" for i in range(40)]
+    chunks = _chunks(lines, PIPE_BUF)
+    assert all(len(chunk) <= PIPE_BUF for chunk in chunks) and len(chunks) > 1
+    assert b"".join(chunks).decode() == "".join(lines)  # every line whole, in order
+    assert _chunks(["y" * (PIPE_BUF + 1)], PIPE_BUF) == [b"y" * (PIPE_BUF + 1)]  # a long line alone

@@ -24,7 +24,7 @@ from typing import Any
 import gevent
 import hiredis
 import redis
-from gevent.event import AsyncResult
+from gevent.hub import Waiter, get_hub
 from gevent.lock import BoundedSemaphore
 from redis._parsers.base import BaseParser
 
@@ -39,7 +39,8 @@ MAX_CONNECTIONS = 8
 #: Bytes asked of the socket per read of replies.
 READ_SIZE = 64 * 1024
 
-Call = tuple[list[str], tuple, AsyncResult]
+#: One script call: its keys, its arguments, and where its caller waits for the reply.
+Call = tuple[list[str], tuple, Waiter]
 
 
 class Link:
@@ -116,6 +117,7 @@ class ScriptBatcher:
         self.sha = sha
         self.source = source
         self._spawn = spawn
+        self._hub = get_hub()
         self._pending: list[Call] = []
         self._slots = BoundedSemaphore(max_connections)
         self._idle: list[Link] = []
@@ -125,7 +127,7 @@ class ScriptBatcher:
 
     def __call__(self, keys: list[str], args: tuple = ()) -> Any:
         """The script's reply for these keys and arguments; raises what redis-py raised."""
-        call = (keys, args, AsyncResult())
+        call = (keys, args, Waiter(self._hub))
         self._pending.append(call)
         if len(self._pending) == 1:  # the first of its turn: it sends the batch
             self._lead(call)
@@ -178,10 +180,19 @@ class ScriptBatcher:
                 lost = redis.exceptions.ConnectionError("the batch was interrupted")
                 replies = [lost] * len(batch)
             for (_keys, _args, waiter), reply in zip(batch, replies, strict=True):
-                if isinstance(reply, Exception):
-                    waiter.set_exception(reply)
-                else:
-                    waiter.set(reply)
+                self._deliver(waiter, reply)
+
+    def _deliver(self, waiter: Waiter, reply: Any) -> None:
+        """Hand a caller its reply: at once if it is not waiting (the sender's own call),
+        else from the hub, as gevent's waiters must be woken."""
+        if isinstance(reply, Exception):
+            wake, value = waiter.throw, reply
+        else:
+            wake, value = waiter.switch, reply
+        if waiter.greenlet is None:
+            wake(value)
+        else:
+            self._hub.loop.run_callback(wake, value)
 
     def _replies(self, batch: list[Call]) -> list[Any]:
         try:

@@ -1,9 +1,8 @@
 """Forwarding to backends: pooled connections that speak strict HTTP/1.1, and streaming.
 
 The ``requests`` session owns the connection pools (one per backend, ``server.maxSockets``
-connections each) through its transport adapter, the documented extension point:
-``BackendAdapter`` makes its pools hold ``BackendConnection``s, which write the request
-head themselves (the target byte for byte, nothing invented) and read the answer with
+connections each; ``backend_pools``), which hold ``BackendConnection``s; ``Upstream`` writes
+the request head itself (the target byte for byte, nothing invented) and reads the answer with
 the strict parser of ``http1``. A connection goes back to its pool only after a response
 read to its end and framed without ambiguity; in every other case it is closed.
 Bodies stream both ways in chunks and are never decoded. Transport failures become
@@ -12,17 +11,12 @@ Bodies stream both ways in chunks and are never decoded. Transport failures beco
 
 from __future__ import annotations
 
-import http.cookiejar
 import socket
-import ssl
 from collections.abc import Callable, Iterator
-from typing import Any, cast
+from typing import cast
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.exceptions import ClosedPoolError, EmptyPoolError
-from urllib3.poolmanager import PoolManager
 
 from cjs_proxy.boundedcache import BoundedCache
 from cjs_proxy.exceptions import (
@@ -31,124 +25,23 @@ from cjs_proxy.exceptions import (
     BackendTimeout,
     BackendUnavailable,
 )
-from cjs_proxy.pipeline.addresses import Network, allowed_addresses, connect_checked
+from cjs_proxy.pipeline.addresses import Network
+from cjs_proxy.pipeline.backend_pools import (
+    BACKEND_POOLS,
+    BackendAdapter,
+    BackendConnection,
+    BackendPool,
+    make_session,
+)
 from cjs_proxy.pipeline.http1 import ResponseHead, ResponseReader, UpstreamBroken, encode_request_head
 from cjs_proxy.pipeline.request_body import RequestBody
-from cjs_proxy.pipeline.slow_clients import ClientWatch, PoolShare, SlowClients
-from cjs_proxy.pipeline.sockets import readable_now, send_all
+from cjs_proxy.pipeline.slow_clients import ClientWatch, SlowClients
+from cjs_proxy.pipeline.sockets import send_all
 
-__all__ = ["BackendAdapter", "RequestBody", "Upstream", "UpstreamBroken", "UpstreamResponse", "make_session"]
+__all__ = ["BackendAdapter", "BackendConnection", "RequestBody", "Upstream", "UpstreamBroken", "UpstreamResponse",
+           "make_session"]
 
-#: Backend pools kept per worker; the least recently used is closed past this.
-BACKEND_POOLS = 1000
 Headers = list[tuple[str, str]]
-
-
-class BackendConnection:
-    """One connection to a backend, (re)opened on demand, reused while in a known state."""
-
-    def __init__(self, host: str, port: int | None, timeout: Any = None, *,
-                 tls: ssl.SSLContext | None = None, deny: tuple[Network, ...] = (), **_urllib3_kwargs: Any) -> None:
-        self.host = host
-        self.port = port or (443 if tls else 80)
-        self.tls = tls
-        #: ``server.denyBackends``: addresses this connection never goes to.
-        self.deny = deny
-        self.sock: socket.socket | None = None
-
-    @property
-    def is_connected(self) -> bool:
-        """Open and silent. urllib3's pool asks before lending it: a readable idle
-        connection was closed by the backend, or holds bytes nobody asked for."""
-        sock = self.sock
-        return sock is not None and not readable_now(sock)
-
-    def connect(self, timeout: float, backend_url: str) -> socket.socket:
-        """Resolve, check every address against ``deny``, connect to a checked one (never resolve twice)."""
-        addresses = allowed_addresses(self.host, self.port, self.deny, backend_url)
-        sock = connect_checked(addresses, timeout, backend_url)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.tls is not None:
-            try:
-                sock = self.tls.wrap_socket(sock, server_hostname=self.host)
-            except (OSError, ssl.SSLError) as exc:
-                sock.close()
-                raise BackendUnavailable(f"{backend_url}: TLS handshake failed: {exc}",
-                                         before_request=True) from exc
-        self.sock = sock
-        return sock
-
-    def close(self) -> None:
-        sock, self.sock = self.sock, None
-        if sock is not None:
-            sock.close()
-
-
-class BackendPool(HTTPConnectionPool):
-    """urllib3's bounded, blocking pool, holding ``BackendConnection``s.
-
-    Only its queue is used (``checkout``/``checkin``); a request goes through
-    ``Upstream.send``, never through ``urlopen``.
-    """
-
-    ConnectionCls = BackendConnection  # type: ignore[assignment]
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        #: Its slow transfers' share, and the requests waiting for one of its connections.
-        self.share = PoolShare(self.pool.maxsize if self.pool is not None else 1)
-
-    def checkout(self, timeout: float) -> BackendConnection:
-        """A connection (open and idle, or not yet open); waits up to ``timeout`` for a free one."""
-        self.share.waiting += 1
-        try:
-            return cast(BackendConnection, self._get_conn(timeout=timeout))
-        finally:
-            self.share.waiting -= 1
-
-    def checkin(self, conn: BackendConnection) -> None:
-        self._put_conn(conn)  # type: ignore[arg-type]
-
-    def urlopen(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("backend pools are used through cjs_proxy.pipeline.upstream.Upstream.send")
-
-
-class TLSBackendPool(BackendPool):
-    scheme = "https"
-
-    def __init__(self, host: str, port: int | None = None, *args: Any, **kwargs: Any) -> None:
-        for key in ("key_file", "cert_file", "cert_reqs", "key_password", "ca_certs", "ssl_version",
-                    "ssl_minimum_version", "ssl_maximum_version", "assert_hostname", "assert_fingerprint",
-                    "ca_cert_dir", "ssl_context", "server_hostname"):
-            kwargs.pop(key, None)
-        super().__init__(host, port, *args, tls=ssl.create_default_context(), **kwargs)
-
-
-class BackendAdapter(HTTPAdapter):
-    """The session's transport adapter: its pool manager makes ``BackendPool``s."""
-
-    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
-        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
-        manager: PoolManager = self.poolmanager
-        manager.pool_classes_by_scheme = {"http": BackendPool, "https": TLSBackendPool}
-
-
-def make_session(max_sockets: int) -> requests.Session:
-    """The session that owns every backend pool of a worker.
-
-    It is never used to send a request on the hot path, but it is still locked down
-    so that any use of it is safe: no environment proxies, no default headers, a
-    cookie jar that stores nothing, no retries.
-    """
-    session = requests.Session()
-    session.trust_env = False
-    session.headers.clear()
-    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-    adapter = BackendAdapter(pool_connections=BACKEND_POOLS, pool_maxsize=max_sockets,
-                             pool_block=True, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
 
 
 class UpstreamResponse:

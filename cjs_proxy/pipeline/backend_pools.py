@@ -20,6 +20,7 @@ from urllib3.poolmanager import PoolManager
 
 from cjs_proxy.exceptions import BackendUnavailable
 from cjs_proxy.pipeline.addresses import Network, allowed_addresses, connect_checked
+from cjs_proxy.pipeline.fair_share import FairShare
 from cjs_proxy.pipeline.slow_clients import PoolShare
 from cjs_proxy.pipeline.sockets import readable_now
 
@@ -78,16 +79,23 @@ class BackendPool(HTTPConnectionPool):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        size = self.pool.maxsize if self.pool is not None else 1
         #: Its slow transfers' share, and the requests waiting for one of its connections.
-        self.share = PoolShare(self.pool.maxsize if self.pool is not None else 1)
+        self.share = PoolShare(size)
+        #: What each client address holds of it (``Upstream`` sets the share per address).
+        self.fair = FairShare(size)
 
-    def checkout(self, timeout: float) -> BackendConnection:
+    def free(self) -> int:
+        """Connections not lent out: idle, or not opened yet."""
+        return self.pool.qsize() if self.pool is not None else 0
+
+    def checkout(self, timeout: float, address: str | None = None) -> BackendConnection:
         """A connection (open and idle, or not yet open); waits up to ``timeout`` for a free one."""
-        self.share.waiting += 1
+        self.share.wait_begins(address)
         try:
             return cast(BackendConnection, self._get_conn(timeout=timeout))
         finally:
-            self.share.waiting -= 1
+            self.share.wait_ends(address)
 
     def checkin(self, conn: BackendConnection) -> None:
         self._put_conn(conn)  # type: ignore[arg-type]

@@ -11,7 +11,9 @@ Bodies stream both ways in chunks and are never decoded. Transport failures beco
 
 from __future__ import annotations
 
+import logging
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import cast
 
@@ -19,6 +21,7 @@ import requests
 from urllib3.exceptions import ClosedPoolError, EmptyPoolError
 
 from cjs_proxy.boundedcache import BoundedCache
+from cjs_proxy.eventlog import EventLog
 from cjs_proxy.exceptions import (
     BackendBusy,
     BackendClosed,
@@ -42,6 +45,7 @@ __all__ = ["BackendAdapter", "BackendConnection", "RequestBody", "Upstream", "Up
            "make_session"]
 
 Headers = list[tuple[str, str]]
+log = logging.getLogger("cjs_proxy.pipeline.upstream")
 
 
 class UpstreamResponse:
@@ -108,8 +112,11 @@ class Upstream:
     """Sends requests to backends through per-backend pools owned by one session."""
 
     def __init__(self, session: requests.Session, connect_timeout: float, read_timeout: float,
-                 deny: tuple[Network, ...] = (), max_tunnels: int = 1000) -> None:
+                 deny: tuple[Network, ...] = (), max_tunnels: int = 1000, per_client: int = 0) -> None:
         self.session = session
+        #: ``server.maxSocketsPerClient`` (0: half of each pool), see ``fair_share``.
+        self.per_client = per_client
+        self.events = EventLog(log)
         #: ``websocket.maxPerBackend``: tunnels are outside the pools, so bounded here.
         self.max_tunnels = max_tunnels
         self.tunnels: dict[str, int] = {}
@@ -130,29 +137,36 @@ class Upstream:
             adapter = cast(BackendAdapter, self.session.get_adapter(backend_url))
             pool = cast(BackendPool, adapter.poolmanager.connection_from_url(backend_url))
             pool.conn_kw["deny"] = self.deny  # its connections are made lazily, with these
+            pool.fair.set_share(self.per_client)
             self._pools[backend_url] = pool
         return pool
 
     def send(self, backend_url: str, method: str, target: str, headers: Headers, body: RequestBody | None,
              on_informational: Callable[[ResponseHead], None] | None = None,
-             client: socket.socket | None = None) -> UpstreamResponse:
+             client: socket.socket | None = None, client_ip: str | None = None) -> UpstreamResponse:
         """Send the request on a pooled connection and read the response head.
 
         The body's first bytes are read before a connection is taken; while one is held,
-        the waits on ``client`` are watched (``slow_clients``).
+        the waits on ``client`` are watched (``slow_clients``) and the exchange counts
+        against ``client_ip``'s share of the pool (``fair_share``) until its connection is
+        back in the pool or closed: ``UpstreamResponse.close``, or here on an error.
         """
         if body is not None:
             body.preread()  # a no-op once done (a retry)
+            if body.length is None:  # the length is unknown: chunked, re-framed by us
+                headers = [*headers, ("Transfer-Encoding", "chunked")]
+        head = encode_request_head(method, target, headers)  # before a connection is taken: it may fail
         watched = client is not None
         try:
-            pool, conn, lane = self._connection(backend_url, body, watched)
+            pool, conn, lane = self._connection(backend_url, body, watched, client_ip)
         except ClosedPoolError:  # the session evicted this pool: take a fresh one, once
             self._pools.pop(backend_url, None)
-            pool, conn, lane = self._connection(backend_url, body, watched)
-        if body is not None and body.length is None:  # the length is unknown: chunked, re-framed by us
-            headers = [*headers, ("Transfer-Encoding", "chunked")]
-        head = encode_request_head(method, target, headers)
-        watch = self.slow.watch(pool.share, client, backend_url, lane) if client is not None else None
+            pool, conn, lane = self._connection(backend_url, body, watched, client_ip)
+        holding = pool.fair.take(client_ip)  # nothing between the checkout and this can fail
+        watch = None
+        if client is not None:
+            watch = self.slow.watch(pool.share, client, backend_url, lane, client_ip)
+            holding.then = watch.close
         if body is not None:
             body.watch = watch
         try:
@@ -160,24 +174,22 @@ class Upstream:
         except BaseException:
             conn.close()
             pool.checkin(conn)
-            if watch is not None:
-                watch.close()
+            holding.release()
             raise
         finally:
             if body is not None:
                 body.watch = None
         response = UpstreamResponse(reader, response_head, conn, pool)
-        if watch is not None:
-            response.watch, response.on_release = watch, watch.close
+        response.watch, response.on_release = watch, holding.release
         return response
 
-    def _connection(self, backend_url: str, body: RequestBody | None,
-                    watched: bool) -> tuple[BackendPool, BackendConnection, bool]:
+    def _connection(self, backend_url: str, body: RequestBody | None, watched: bool,
+                    address: str | None) -> tuple[BackendPool, BackendConnection, bool]:
         """The pool, a connection from it, and whether a slow lane was taken for the upload."""
         pool = self.pool_for(backend_url)
         lane = watched and self._upload_lane(pool, backend_url, body)
         try:
-            return pool, self._checkout(pool, backend_url), lane
+            return pool, self._checkout(pool, backend_url, address), lane
         except BaseException:
             if lane:
                 pool.share.give_back_lane()
@@ -193,11 +205,21 @@ class Upstream:
             raise BackendBusy(f"{backend_url}: all {pool.share.lanes} connections for slow transfers busy")
         return True
 
-    def _checkout(self, pool: BackendPool, backend_url: str) -> BackendConnection:
+    def _checkout(self, pool: BackendPool, backend_url: str, address: str | None) -> BackendConnection:
+        """A connection once ``address`` may have one (``fair_share``), all within the pool's timeout."""
+        deadline = time.monotonic() + self.pool_timeout
+        fair = pool.fair
+        if not fair.may_take(address, pool.free()):
+            self.events.record(f"fair:{backend_url}",
+                               f"{backend_url}: requests of {address} wait, past its share of the pool "
+                               f"({fair.holding(address)} held, share {fair.share} of {fair.size})")
+            if not fair.wait_turn(address, pool.free, self.pool_timeout):
+                raise BackendBusy(f"{backend_url}: {address} holds {fair.holding(address)} connections, past "
+                                  f"its share ({fair.share} of {fair.size}), and the rest are kept for others")
         if pool.pool is not None and pool.pool.empty():  # this request would wait for the pool
-            self.slow.relieve(pool.share)
+            self.slow.relieve(pool.share, address)
         try:
-            return pool.checkout(self.pool_timeout)
+            return pool.checkout(max(0.0, deadline - time.monotonic()), address)
         except EmptyPoolError as exc:
             raise BackendBusy(f"{backend_url}: all {pool.pool.maxsize if pool.pool else '?'} "
                               "connections busy") from exc

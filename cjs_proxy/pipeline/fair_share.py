@@ -15,6 +15,10 @@ client address holds of it:
   keep ``reserve_for`` (a tenth, at least one: the tenth ``slow_clients`` keeps) of its
   connections free or not yet opened. Otherwise its request waits, up to the pool's
   timeout, until one of the pool's exchanges ends and the rule lets it through (then 503).
+- The rule holds when the connection is taken, not only when the request arrives: requests
+  an address queued on a full pool while under its share would otherwise all get
+  connections as they free up, past its share and into the reserve
+  (``Upstream._checkout`` puts such a connection back and waits for its turn).
 
 It is work-conserving: alone on an idle pool, one address may use all but the reserve.
 The trade-off: clients behind one NAT (or one forward proxy not in
@@ -118,6 +122,10 @@ class FairShare:
             count = self.held.pop(address, 0) - 1
             if count > 0:
                 self.held[address] = count
+        self.wake()
+
+    def wake(self) -> None:
+        """The pool has a connection back: every request waiting for its turn looks again."""
         turn, self._turn = self._turn, None
         if turn is not None:
             turn.set()

@@ -206,23 +206,39 @@ class Upstream:
         return True
 
     def _checkout(self, pool: BackendPool, backend_url: str, address: str | None) -> BackendConnection:
-        """A connection once ``address`` may have one (``fair_share``), all within the pool's timeout."""
+        """A connection once ``address`` may take one (``fair_share``), all within the pool's timeout.
+
+        The rule is applied when the request arrives, and again when a connection comes to it
+        after a wait in the pool's queue: the address may have reached its share meanwhile
+        (requests queued while it was under it). Past it, the connection goes back to the pool
+        and the request waits for its turn like any request past its share.
+        """
         deadline = time.monotonic() + self.pool_timeout
+        while True:
+            self._wait_turn(pool, backend_url, address, deadline)
+            if pool.pool is not None and pool.pool.empty():  # this request would wait for the pool
+                self.slow.relieve(pool.share, address)
+            try:
+                conn = pool.checkout(max(0.0, deadline - time.monotonic()), address)
+            except EmptyPoolError as exc:
+                raise BackendBusy(f"{backend_url}: all {pool.pool.maxsize if pool.pool else '?'} "
+                                  "connections busy") from exc
+            if pool.fair.may_take(address, pool.free() + 1):  # as if the connection were still free
+                return conn
+            pool.checkin(conn)
+            pool.fair.wake()
+
+    def _wait_turn(self, pool: BackendPool, backend_url: str, address: str | None, deadline: float) -> None:
+        """Until ``address`` may take a connection of ``pool`` under its fair share; 503 at ``deadline``."""
         fair = pool.fair
-        if not fair.may_take(address, pool.free()):
-            self.events.record(f"fair:{backend_url}",
-                               f"{backend_url}: requests of {address} wait, past its share of the pool "
-                               f"({fair.holding(address)} held, share {fair.share} of {fair.size})")
-            if not fair.wait_turn(address, pool.free, self.pool_timeout):
-                raise BackendBusy(f"{backend_url}: {address} holds {fair.holding(address)} connections, past "
-                                  f"its share ({fair.share} of {fair.size}), and the rest are kept for others")
-        if pool.pool is not None and pool.pool.empty():  # this request would wait for the pool
-            self.slow.relieve(pool.share, address)
-        try:
-            return pool.checkout(max(0.0, deadline - time.monotonic()), address)
-        except EmptyPoolError as exc:
-            raise BackendBusy(f"{backend_url}: all {pool.pool.maxsize if pool.pool else '?'} "
-                              "connections busy") from exc
+        if fair.may_take(address, pool.free()):
+            return
+        self.events.record(f"fair:{backend_url}",
+                           f"{backend_url}: requests of {address} wait, past its share of the pool "
+                           f"({fair.holding(address)} held, share {fair.share} of {fair.size})")
+        if not fair.wait_turn(address, pool.free, deadline - time.monotonic()):
+            raise BackendBusy(f"{backend_url}: {address} holds {fair.holding(address)} connections, past "
+                              f"its share ({fair.share} of {fair.size}), and the rest are kept for others")
 
     def open_upgrade(self, backend_url: str, method: str, target: str, headers: Headers,
                      upgrade: str) -> UpstreamResponse:

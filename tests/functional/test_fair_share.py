@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -56,9 +57,9 @@ def holds(scripted: ScriptedBackend) -> Iterator[Holds]:
     held.release_all()  # whatever the outcome, no backend thread waits on
 
 
-def held_request(port: int, host: str, n: int) -> socket.socket:
-    """A GET from 127.0.0.2 whose answer the backend holds until ``Holds`` releases ``n``."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=ANSWER_TIMEOUT, source_address=(OTHER, 0))
+def held_request(port: int, host: str, n: int, source: str = OTHER) -> socket.socket:
+    """A GET from ``source`` whose answer the backend holds until ``Holds`` releases ``n``."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=ANSWER_TIMEOUT, source_address=(source, 0))
     sock.sendall(f"GET /hold?n={n} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     return sock
 
@@ -71,6 +72,18 @@ def status_of(sock: socket.socket) -> int:
             raise ConnectionError(f"closed before a status line: {data!r}")
         data += chunk
     return int(data.split(b" ", 2)[1])
+
+
+def read_by_proxy(proxy_port: int, sock: socket.socket) -> bool:
+    """The proxy has read everything ``sock`` sent (its side of the connection, in
+    /proc/net/tcp, has nothing left in its receive queue)."""
+    client_port = sock.getsockname()[1]
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)
+        if (local, remote) == (proxy_port, client_port):
+            return int(fields[4].split(":")[1], 16) == 0
+    return False
 
 
 def held_back_or_sent(proxy, scripted: ScriptedBackend, sent: int) -> bool:
@@ -129,6 +142,38 @@ def test_alone_on_an_idle_pool_an_address_uses_all_but_the_reserve(make_proxy, r
         holds.release_all()
     try:
         assert [status_of(sock) for sock in clients[1:]] == [200] * (POOL - 1)
+    finally:
+        for sock in clients:
+            sock.close()
+
+
+def test_requests_queued_under_the_share_are_checked_again_when_a_connection_comes(make_proxy, rdb, scripted,
+                                                                                     holds, host):
+    """Requests an address sent while the pool was full and it was under its share wait in the
+    pool's queue; when a connection comes to one after the address reached its share, it goes
+    back to the pool (the reserve), not to that address."""
+    proxy = make_proxy(server_maxSockets=4, server_maxSocketsPerClient=2, server_connectTimeout=30,
+                       server_tcpTimeout=HOLD + 30)
+    rdb.rpush(f"frontend:{host}", "app", scripted.url)
+    clients = [held_request(proxy.port, host, 0, "127.0.0.3"), held_request(proxy.port, host, 1, "127.0.0.3"),
+               held_request(proxy.port, host, 2, "127.0.0.4"), held_request(proxy.port, host, 3)]
+    try:
+        wait_for(lambda: len(scripted.requests_for("/hold")) == 4, "the pool of 4 taken, 127.0.0.2 holding 1")
+        clients += [held_request(proxy.port, host, 4), held_request(proxy.port, host, 5)]  # queued: 1 < 2
+        wait_for(lambda: all(read_by_proxy(proxy.port, sock) for sock in clients[4:]), "both read by the proxy")
+        holds.released[0].set()  # a connection comes back: one of them gets it, 127.0.0.2 is at its share
+        assert status_of(clients[0]) == 200
+        wait_for(lambda: len(scripted.requests_for("/hold")) == 5, "a queued request of 127.0.0.2 sent")
+        holds.released[1].set()  # another comes back: the reserve, not the other queued request's
+        assert status_of(clients[1]) == 200
+        wait_for(lambda: held_back_or_sent(proxy, scripted, 6), "the other queued request held back (or sent)")
+        assert len(scripted.requests_for("/hold")) == 5, "127.0.0.2 took the reserve"
+        answer = requests.get(f"{proxy.url}/quick", headers={"Host": host}, timeout=ANSWER_TIMEOUT)
+        assert answer.status_code == 200
+    finally:
+        holds.release_all()
+    try:
+        assert [status_of(sock) for sock in clients[2:]] == [200] * 4
     finally:
         for sock in clients:
             sock.close()

@@ -136,7 +136,8 @@ class ClientWatch:
         full before the next piece is slow at once: it does not keep a connection for a whole sweep.
         """
         for chunk in chunks:
-            if not self.lane and self.share.waiting_besides(self.address) and not writable_now(self.client):
+            if (self.share.waiting and not self.lane and self.share.waiting_besides(self.address)
+                    and not writable_now(self.client)):
                 self.slow_now()
             self.begin()
             yield chunk

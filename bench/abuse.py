@@ -1,6 +1,6 @@
 """The abuse scenario of issue 11: slow and stalled clients against one worker, and a normal client beside them.
 
-``.venv/bin/python bench/abuse.py [--rev REV] [--during 40]`` starts (on 127.0.0.1, free
+``.venv/bin/python bench/abuse.py [--rev REV] [--during 40] [--attack-address 127.0.0.2]`` starts (on 127.0.0.1, free
 ports, stopped by PID) an nginx backend, a private redis-server and cjs-proxy with ONE
 worker (``server.maxSockets`` 100, ``server.workerConnections`` 4000 so that the attack
 fits in the worker), then:
@@ -20,6 +20,15 @@ RSS before/peak/after, and writes them to ``bench/results/<date>-abuse.md``. Eve
 is bounded: connection counts are fixed, every phase has a duration, and the whole run
 is stopped past ``BUDGET_SECONDS``. ``--rev main`` measures that revision's code
 (``git archive``), as ``bench/run.py --rev`` does.
+
+``--attack-address`` binds every attacker's socket to that source address (any
+127.0.0.0/8 address reaches the proxy on loopback); the normal client stays on
+127.0.0.1. The default, 127.0.0.1 for everyone, is the scenario as it was first
+measured: one address, which the proxy cannot tell apart. With another address the
+attackers are held to their share of the pool (``server.maxSocketsPerClient``,
+``cjs_proxy/pipeline/fair_share.py``), as distinct clients on the internet would be; on
+one address the normal client shares the attackers' share. The results file names both
+addresses.
 """
 
 from __future__ import annotations
@@ -49,6 +58,8 @@ SLOWLORIS, SLOW_POSTS, STALLED_UPLOADS, NON_READERS = 1000, 300, 300, 100
 TRICKLE = 5.0
 #: The normal client's patience per request (the proxy's pool wait is 30 s).
 NORMAL_TIMEOUT = 35.0
+#: The normal client's source address (``--attack-address`` sets the attackers').
+NORMAL_ADDRESS = "127.0.0.1"
 
 
 @dataclass
@@ -91,7 +102,8 @@ class NormalClient:
         started = time.perf_counter()
         try:
             if self.sock is None:
-                self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=NORMAL_TIMEOUT)
+                self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=NORMAL_TIMEOUT,
+                                                     source_address=(NORMAL_ADDRESS, 0))
             self.sock.sendall(f"GET / HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
             status, body_ok = self._read_answer()
         except OSError as exc:
@@ -147,8 +159,10 @@ class NormalClient:
 class Attack:
     """The attackers, in an asyncio loop of their own thread; each reconnects when cut."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, address: str = NORMAL_ADDRESS) -> None:
         self.port = port
+        #: Every attacking socket's source address.
+        self.address = address
         self.stop = asyncio.Event()
         self.cut = {"slowloris": 0, "slow-post": 0, "stalled-upload": 0, "non-reader": 0}
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -170,11 +184,12 @@ class Attack:
 
     async def _open(self, kind: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if kind != "non-reader":
-            return await asyncio.open_connection("127.0.0.1", self.port)
+            return await asyncio.open_connection("127.0.0.1", self.port, local_addr=(self.address, 0))
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
         sock.setblocking(False)
         try:
+            sock.bind((self.address, 0))
             await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", self.port))
         except OSError:
             sock.close()
@@ -291,7 +306,7 @@ def scenario(opts: argparse.Namespace, rundir: Path, started: list[Process]) -> 
     before = Phase("before")
     client.run(before, opts.before)
     rss = {"before": rss_mib(worker)}
-    attack = Attack(proxy.port)
+    attack = Attack(proxy.port, opts.attack_address)
     thread = attack.start()
     during = Phase("during")
     peak = [rss["before"]]
@@ -312,7 +327,8 @@ def scenario(opts: argparse.Namespace, rundir: Path, started: list[Process]) -> 
     rss["peak"], rss["after"] = max(peak), rss_mib(worker)
     return {"before": before.summary(), "during": during.summary(), "rss_mib": {k: round(v, 1) for k, v in rss.items()},
             "attackers_cut_and_back": dict(attack.cut), "worker_alive": worker in children(proxy.pid),
-            "load_before": opts.load_before}
+            "load_before": opts.load_before,
+            "addresses": {"attackers": opts.attack_address, "normal client": NORMAL_ADDRESS}}
 
 
 def report(result: dict[str, Any], opts: argparse.Namespace, stamp: str) -> str:
@@ -325,6 +341,9 @@ def report(result: dict[str, Any], opts: argparse.Namespace, stamp: str) -> str:
         " `server.maxSockets` 100, `server.workerConnections` 4000, other settings default.",
         f"Attack: {SLOWLORIS} slowloris + {SLOW_POSTS} slow POSTs + {STALLED_UPLOADS} stalled uploads"
         f" + {NON_READERS} non-reading clients (4 MiB answer), each reconnecting when cut.",
+        f"Addresses: attackers from {result['addresses']['attackers']}, the normal client from"
+        f" {result['addresses']['normal client']}"
+        f"{' (one address for all)' if result['addresses']['attackers'] == NORMAL_ADDRESS else ''}.",
         f"Machine: {os.cpu_count()} CPUs, load average before the run {result['load_before']}"
         " (shared machine: other engineers' runs may overlap).",
         "",
@@ -358,6 +377,9 @@ def main() -> int:
     parser.add_argument("--before", type=float, default=10, help="seconds of baseline (default 10)")
     parser.add_argument("--during", type=float, default=40, help="seconds under attack (default 40)")
     parser.add_argument("--settle", type=float, default=10, help="seconds after the attack before RSS (default 10)")
+    parser.add_argument("--attack-address", default=NORMAL_ADDRESS,
+                        help="source address of every attacking client, a 127.0.0.0/8 address (default "
+                             f"{NORMAL_ADDRESS}, the normal client's: one address for all)")
     opts = parser.parse_args()
     opts.load_before = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     stamp = time.strftime("%Y-%m-%dT%H%MZ", time.gmtime())

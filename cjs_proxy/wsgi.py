@@ -216,9 +216,13 @@ class ProxyApp:
         return response
 
     def _forward(self, request: ClientRequest, backend: Backend, headers: Headers) -> UpstreamResponse:
-        """The forward step: the request and its body to a pooled connection, up to the answer's head."""
+        """The forward step: the request and its body to a pooled connection, up to the answer's head.
+
+        The client's address (the rate limiter's) is what the pool's fair share counts.
+        """
         return self.upstream.send(backend.url, request.method, request.target, headers, request.body,
-                                  early_hints_relay(request.environ), request.environ.get("gunicorn.socket"))
+                                  early_hints_relay(request.environ), request.environ.get("gunicorn.socket"),
+                                  client_ip=request.client_ip)
 
     def _open_tunnel(self, request: ClientRequest, backend: Backend, headers: Headers) -> UpstreamResponse:
         """The tunnel's first step: the upgrade request, on a connection of its own."""
@@ -349,7 +353,7 @@ def create_app(settings: config.Settings) -> ProxyApp:
     health = BackendHealth(store, health_view.dead_ttl, health_view.dead_on_500, dead_after=health_view.dead_after)
     upstream = Upstream(make_session(pool.max_sockets), connect_timeout=pool.connect_timeout or pool.tcp_timeout,
                         read_timeout=pool.tcp_timeout, deny=parse_networks(pool.deny_backends),
-                        max_tunnels=pool.ws_per_backend)
+                        max_tunnels=pool.ws_per_backend, per_client=pool.max_sockets_per_client)
     return ProxyApp(view(ProxySettings, settings), router, RateLimiter(settings), health, upstream,
                     ErrorPages(logs.static_dir), AccessLog(logs.path, logs.format), metrics,
                     https_port=https_redirect_port(settings),

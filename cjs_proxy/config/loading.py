@@ -217,6 +217,10 @@ def _unknown_key_message(key: str) -> str:
 
 
 def _check_consistency(values: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    if values["server.maxSocketsPerClient"] > values["server.maxSockets"]:
+        raise ConfigError(path, "server.maxSocketsPerClient",
+                          f"{values['server.maxSocketsPerClient']} is above server.maxSockets "
+                          f"({values['server.maxSockets']}): a client's share cannot exceed the pool")
     if values["https.bind"]:
         for key in ("https.key", "https.cert"):
             if not values[key] and not all(b.get(key.split(".")[1]) for b in values["https.bind"]):

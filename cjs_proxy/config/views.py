@@ -74,6 +74,7 @@ class UpstreamSettings:
     """The backend pools: their size and timeouts."""
 
     max_sockets: int = setting("server.maxSockets")
+    max_sockets_per_client: int = setting("server.maxSocketsPerClient")
     tcp_timeout: float = setting("server.tcpTimeout")
     connect_timeout: float | None = setting("server.connectTimeout")
     deny_backends: tuple[str, ...] = setting("server.denyBackends")

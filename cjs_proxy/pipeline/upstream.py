@@ -1,9 +1,8 @@
 """Forwarding to backends: pooled connections that speak strict HTTP/1.1, and streaming.
 
 The ``requests`` session owns the connection pools (one per backend, ``server.maxSockets``
-connections each) through its transport adapter, the documented extension point:
-``BackendAdapter`` makes its pools hold ``BackendConnection``s, which write the request
-head themselves (the target byte for byte, nothing invented) and read the answer with
+connections each; ``backend_pools``), which hold ``BackendConnection``s; ``Upstream`` writes
+the request head itself (the target byte for byte, nothing invented) and reads the answer with
 the strict parser of ``http1``. A connection goes back to its pool only after a response
 read to its end and framed without ambiguity; in every other case it is closed.
 Bodies stream both ways in chunks and are never decoded. Transport failures become
@@ -12,143 +11,41 @@ Bodies stream both ways in chunks and are never decoded. Transport failures beco
 
 from __future__ import annotations
 
-import http.cookiejar
+import logging
 import socket
-import ssl
+import time
 from collections.abc import Callable, Iterator
-from typing import Any, cast
+from typing import cast
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.connectionpool import HTTPConnectionPool
 from urllib3.exceptions import ClosedPoolError, EmptyPoolError
-from urllib3.poolmanager import PoolManager
 
 from cjs_proxy.boundedcache import BoundedCache
+from cjs_proxy.eventlog import EventLog
 from cjs_proxy.exceptions import (
     BackendBusy,
     BackendClosed,
     BackendTimeout,
     BackendUnavailable,
 )
-from cjs_proxy.pipeline.addresses import Network, allowed_addresses, connect_checked
+from cjs_proxy.pipeline.addresses import Network
+from cjs_proxy.pipeline.backend_pools import (
+    BACKEND_POOLS,
+    BackendAdapter,
+    BackendConnection,
+    BackendPool,
+    make_session,
+)
 from cjs_proxy.pipeline.http1 import ResponseHead, ResponseReader, UpstreamBroken, encode_request_head
 from cjs_proxy.pipeline.request_body import RequestBody
-from cjs_proxy.pipeline.slow_clients import ClientWatch, PoolShare, SlowClients
-from cjs_proxy.pipeline.sockets import readable_now, send_all
+from cjs_proxy.pipeline.slow_clients import ClientWatch, SlowClients
+from cjs_proxy.pipeline.sockets import send_all
 
-__all__ = ["BackendAdapter", "RequestBody", "Upstream", "UpstreamBroken", "UpstreamResponse", "make_session"]
+__all__ = ["BackendAdapter", "BackendConnection", "RequestBody", "Upstream", "UpstreamBroken", "UpstreamResponse",
+           "make_session"]
 
-#: Backend pools kept per worker; the least recently used is closed past this.
-BACKEND_POOLS = 1000
 Headers = list[tuple[str, str]]
-
-
-class BackendConnection:
-    """One connection to a backend, (re)opened on demand, reused while in a known state."""
-
-    def __init__(self, host: str, port: int | None, timeout: Any = None, *,
-                 tls: ssl.SSLContext | None = None, deny: tuple[Network, ...] = (), **_urllib3_kwargs: Any) -> None:
-        self.host = host
-        self.port = port or (443 if tls else 80)
-        self.tls = tls
-        #: ``server.denyBackends``: addresses this connection never goes to.
-        self.deny = deny
-        self.sock: socket.socket | None = None
-
-    @property
-    def is_connected(self) -> bool:
-        """Open and silent. urllib3's pool asks before lending it: a readable idle
-        connection was closed by the backend, or holds bytes nobody asked for."""
-        sock = self.sock
-        return sock is not None and not readable_now(sock)
-
-    def connect(self, timeout: float, backend_url: str) -> socket.socket:
-        """Resolve, check every address against ``deny``, connect to a checked one (never resolve twice)."""
-        addresses = allowed_addresses(self.host, self.port, self.deny, backend_url)
-        sock = connect_checked(addresses, timeout, backend_url)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.tls is not None:
-            try:
-                sock = self.tls.wrap_socket(sock, server_hostname=self.host)
-            except (OSError, ssl.SSLError) as exc:
-                sock.close()
-                raise BackendUnavailable(f"{backend_url}: TLS handshake failed: {exc}",
-                                         before_request=True) from exc
-        self.sock = sock
-        return sock
-
-    def close(self) -> None:
-        sock, self.sock = self.sock, None
-        if sock is not None:
-            sock.close()
-
-
-class BackendPool(HTTPConnectionPool):
-    """urllib3's bounded, blocking pool, holding ``BackendConnection``s.
-
-    Only its queue is used (``checkout``/``checkin``); a request goes through
-    ``Upstream.send``, never through ``urlopen``.
-    """
-
-    ConnectionCls = BackendConnection  # type: ignore[assignment]
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        #: Its slow transfers' share, and the requests waiting for one of its connections.
-        self.share = PoolShare(self.pool.maxsize if self.pool is not None else 1)
-
-    def checkout(self, timeout: float) -> BackendConnection:
-        """A connection (open and idle, or not yet open); waits up to ``timeout`` for a free one."""
-        self.share.waiting += 1
-        try:
-            return cast(BackendConnection, self._get_conn(timeout=timeout))
-        finally:
-            self.share.waiting -= 1
-
-    def checkin(self, conn: BackendConnection) -> None:
-        self._put_conn(conn)  # type: ignore[arg-type]
-
-    def urlopen(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError("backend pools are used through cjs_proxy.pipeline.upstream.Upstream.send")
-
-
-class TLSBackendPool(BackendPool):
-    scheme = "https"
-
-    def __init__(self, host: str, port: int | None = None, *args: Any, **kwargs: Any) -> None:
-        for key in ("key_file", "cert_file", "cert_reqs", "key_password", "ca_certs", "ssl_version",
-                    "ssl_minimum_version", "ssl_maximum_version", "assert_hostname", "assert_fingerprint",
-                    "ca_cert_dir", "ssl_context", "server_hostname"):
-            kwargs.pop(key, None)
-        super().__init__(host, port, *args, tls=ssl.create_default_context(), **kwargs)
-
-
-class BackendAdapter(HTTPAdapter):
-    """The session's transport adapter: its pool manager makes ``BackendPool``s."""
-
-    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
-        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
-        manager: PoolManager = self.poolmanager
-        manager.pool_classes_by_scheme = {"http": BackendPool, "https": TLSBackendPool}
-
-
-def make_session(max_sockets: int) -> requests.Session:
-    """The session that owns every backend pool of a worker.
-
-    It is never used to send a request on the hot path, but it is still locked down
-    so that any use of it is safe: no environment proxies, no default headers, a
-    cookie jar that stores nothing, no retries.
-    """
-    session = requests.Session()
-    session.trust_env = False
-    session.headers.clear()
-    session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-    adapter = BackendAdapter(pool_connections=BACKEND_POOLS, pool_maxsize=max_sockets,
-                             pool_block=True, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
+log = logging.getLogger("cjs_proxy.pipeline.upstream")
 
 
 class UpstreamResponse:
@@ -215,8 +112,11 @@ class Upstream:
     """Sends requests to backends through per-backend pools owned by one session."""
 
     def __init__(self, session: requests.Session, connect_timeout: float, read_timeout: float,
-                 deny: tuple[Network, ...] = (), max_tunnels: int = 1000) -> None:
+                 deny: tuple[Network, ...] = (), max_tunnels: int = 1000, per_client: int = 0) -> None:
         self.session = session
+        #: ``server.maxSocketsPerClient`` (0: half of each pool), see ``fair_share``.
+        self.per_client = per_client
+        self.events = EventLog(log)
         #: ``websocket.maxPerBackend``: tunnels are outside the pools, so bounded here.
         self.max_tunnels = max_tunnels
         self.tunnels: dict[str, int] = {}
@@ -237,29 +137,36 @@ class Upstream:
             adapter = cast(BackendAdapter, self.session.get_adapter(backend_url))
             pool = cast(BackendPool, adapter.poolmanager.connection_from_url(backend_url))
             pool.conn_kw["deny"] = self.deny  # its connections are made lazily, with these
+            pool.fair.set_share(self.per_client)
             self._pools[backend_url] = pool
         return pool
 
     def send(self, backend_url: str, method: str, target: str, headers: Headers, body: RequestBody | None,
              on_informational: Callable[[ResponseHead], None] | None = None,
-             client: socket.socket | None = None) -> UpstreamResponse:
+             client: socket.socket | None = None, client_ip: str | None = None) -> UpstreamResponse:
         """Send the request on a pooled connection and read the response head.
 
         The body's first bytes are read before a connection is taken; while one is held,
-        the waits on ``client`` are watched (``slow_clients``).
+        the waits on ``client`` are watched (``slow_clients``) and the exchange counts
+        against ``client_ip``'s share of the pool (``fair_share``) until its connection is
+        back in the pool or closed: ``UpstreamResponse.close``, or here on an error.
         """
         if body is not None:
             body.preread()  # a no-op once done (a retry)
+            if body.length is None:  # the length is unknown: chunked, re-framed by us
+                headers = [*headers, ("Transfer-Encoding", "chunked")]
+        head = encode_request_head(method, target, headers)  # before a connection is taken: it may fail
         watched = client is not None
         try:
-            pool, conn, lane = self._connection(backend_url, body, watched)
+            pool, conn, lane = self._connection(backend_url, body, watched, client_ip)
         except ClosedPoolError:  # the session evicted this pool: take a fresh one, once
             self._pools.pop(backend_url, None)
-            pool, conn, lane = self._connection(backend_url, body, watched)
-        if body is not None and body.length is None:  # the length is unknown: chunked, re-framed by us
-            headers = [*headers, ("Transfer-Encoding", "chunked")]
-        head = encode_request_head(method, target, headers)
-        watch = self.slow.watch(pool.share, client, backend_url, lane) if client is not None else None
+            pool, conn, lane = self._connection(backend_url, body, watched, client_ip)
+        holding = pool.fair.take(client_ip)  # nothing between the checkout and this can fail
+        watch = None
+        if client is not None:
+            watch = self.slow.watch(pool.share, client, backend_url, lane, client_ip)
+            holding.then = watch.close
         if body is not None:
             body.watch = watch
         try:
@@ -267,24 +174,22 @@ class Upstream:
         except BaseException:
             conn.close()
             pool.checkin(conn)
-            if watch is not None:
-                watch.close()
+            holding.release()
             raise
         finally:
             if body is not None:
                 body.watch = None
         response = UpstreamResponse(reader, response_head, conn, pool)
-        if watch is not None:
-            response.watch, response.on_release = watch, watch.close
+        response.watch, response.on_release = watch, holding.release
         return response
 
-    def _connection(self, backend_url: str, body: RequestBody | None,
-                    watched: bool) -> tuple[BackendPool, BackendConnection, bool]:
+    def _connection(self, backend_url: str, body: RequestBody | None, watched: bool,
+                    address: str | None) -> tuple[BackendPool, BackendConnection, bool]:
         """The pool, a connection from it, and whether a slow lane was taken for the upload."""
         pool = self.pool_for(backend_url)
         lane = watched and self._upload_lane(pool, backend_url, body)
         try:
-            return pool, self._checkout(pool, backend_url), lane
+            return pool, self._checkout(pool, backend_url, address), lane
         except BaseException:
             if lane:
                 pool.share.give_back_lane()
@@ -300,14 +205,40 @@ class Upstream:
             raise BackendBusy(f"{backend_url}: all {pool.share.lanes} connections for slow transfers busy")
         return True
 
-    def _checkout(self, pool: BackendPool, backend_url: str) -> BackendConnection:
-        if pool.pool is not None and pool.pool.empty():  # this request would wait for the pool
-            self.slow.relieve(pool.share)
-        try:
-            return pool.checkout(self.pool_timeout)
-        except EmptyPoolError as exc:
-            raise BackendBusy(f"{backend_url}: all {pool.pool.maxsize if pool.pool else '?'} "
-                              "connections busy") from exc
+    def _checkout(self, pool: BackendPool, backend_url: str, address: str | None) -> BackendConnection:
+        """A connection once ``address`` may take one (``fair_share``), all within the pool's timeout.
+
+        The rule is applied when the request arrives, and again when a connection comes to it
+        after a wait in the pool's queue: the address may have reached its share meanwhile
+        (requests queued while it was under it). Past it, the connection goes back to the pool
+        and the request waits for its turn like any request past its share.
+        """
+        deadline = time.monotonic() + self.pool_timeout
+        while True:
+            self._wait_turn(pool, backend_url, address, deadline)
+            if pool.pool is not None and pool.pool.empty():  # this request would wait for the pool
+                self.slow.relieve(pool.share, address)
+            try:
+                conn = pool.checkout(max(0.0, deadline - time.monotonic()), address)
+            except EmptyPoolError as exc:
+                raise BackendBusy(f"{backend_url}: all {pool.pool.maxsize if pool.pool else '?'} "
+                                  "connections busy") from exc
+            if pool.fair.may_take(address, pool.free() + 1):  # as if the connection were still free
+                return conn
+            pool.checkin(conn)
+            pool.fair.wake()
+
+    def _wait_turn(self, pool: BackendPool, backend_url: str, address: str | None, deadline: float) -> None:
+        """Until ``address`` may take a connection of ``pool`` under its fair share; 503 at ``deadline``."""
+        fair = pool.fair
+        if fair.may_take(address, pool.free()):
+            return
+        self.events.record(f"fair:{backend_url}",
+                           f"{backend_url}: requests of {address} wait, past its share of the pool "
+                           f"({fair.holding(address)} held, share {fair.share} of {fair.size})")
+        if not fair.wait_turn(address, pool.free, deadline - time.monotonic()):
+            raise BackendBusy(f"{backend_url}: {address} holds {fair.holding(address)} connections, past "
+                              f"its share ({fair.share} of {fair.size}), and the rest are kept for others")
 
     def open_upgrade(self, backend_url: str, method: str, target: str, headers: Headers,
                      upgrade: str) -> UpstreamResponse:

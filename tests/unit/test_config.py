@@ -231,6 +231,9 @@ def test_unknown_key_in_a_file(tmp_path: Path) -> None:
     ("server:\n  trustedProxies: [not-a-net]\n", "server.trustedProxies"),
     ("server:\n  maxRequestBodySize: -1\n", "server.maxRequestBodySize"),
     ("server:\n  staleRouteTTL: -1\n", "server.staleRouteTTL"),
+    ("server:\n  maxSocketsPerClient: -1\n", "server.maxSocketsPerClient"),
+    ("server:\n  maxSockets: 10\n  maxSocketsPerClient: 11\n", "server.maxSocketsPerClient"),
+    ("server:\n  maxSocketsPerClient: 101\n", "server.maxSocketsPerClient"),
     ("http:\n  port: 65536\n", "http.port"),
     ("http:\n  port: -1\n", "http.port"),
     ('http:\n  port: "80"\n', "http.port"),
@@ -274,6 +277,8 @@ def test_port_range_message() -> None:
     ({"server": {"connectTimeout": None}}, "server.connectTimeout", None),
     ({"server": {"connectTimeout": 0.5}}, "server.connectTimeout", 0.5),
     ({"server": {"maxRequestBodySize": 0}}, "server.maxRequestBodySize", 0),
+    ({"server": {"maxSocketsPerClient": 0}}, "server.maxSocketsPerClient", 0),
+    ({"server": {"maxSockets": 10, "maxSocketsPerClient": 10}}, "server.maxSocketsPerClient", 10),
     ({"server": {"accessLog": None}}, "server.accessLog", None),
     ({"server": {"trustedProxies": ["10.0.0.0/8", "::1"]}}, "server.trustedProxies",
      ["10.0.0.0/8", "::1"]),
@@ -355,6 +360,12 @@ def test_missing_certificate_files_are_named(tmp_path: Path) -> None:
         check_files(settings)
     assert info.value.key == "https.key"
     assert "file not found" in info.value.problem and "nokey.pem" in info.value.problem
+
+
+def test_a_clients_share_above_the_pool_says_so() -> None:
+    error = config_error({"server": {"maxSockets": 10, "maxSocketsPerClient": 11}})
+    assert error.key == "server.maxSocketsPerClient"
+    assert "above server.maxSockets (10)" in error.problem
 
 
 def test_https_bind_without_key_is_refused() -> None:

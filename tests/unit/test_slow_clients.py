@@ -75,3 +75,33 @@ def test_a_laneless_transfer_that_is_not_waiting_on_its_client_is_left_alone():
     slow = stalled(owner, share)
     slow.end()  # the client took the piece: it is moving again
     assert owner.relieve(share) is False and owner.cut == []
+
+
+def test_a_laneless_transfer_is_cut_for_another_address_never_for_its_own():
+    """A client's own waiting requests would only trade connections among themselves."""
+    owner, share = Recorder(), PoolShare(1)
+    slow = owner.watch(share, socket.socket(), "http://b", address="10.0.0.2")
+    slow.begin()
+    slow.tick()
+    share.wait_begins("10.0.0.2")  # a request of the same address waits for the pool
+    slow.tick()
+    assert slow.laneless and owner.cut == []
+    assert owner.relieve(share, "10.0.0.2") is False and owner.cut == []
+    share.wait_begins("10.0.0.1")  # and now one of another address
+    assert owner.relieve(share, "10.0.0.1") is True and owner.cut == [slow]
+
+
+def test_a_sweep_cuts_a_laneless_transfer_once_another_address_waits():
+    owner, share = Recorder(), PoolShare(1)
+    slow = owner.watch(share, socket.socket(), "http://b", address="10.0.0.2")
+    slow.begin()
+    slow.tick()
+    share.wait_begins("10.0.0.2")
+    slow.tick()
+    assert owner.cut == []
+    share.wait_begins("10.0.0.1")
+    slow.tick()
+    assert owner.cut == [slow]
+    share.wait_ends("10.0.0.1")
+    share.wait_ends("10.0.0.2")
+    assert (share.waiting, share.waiters) == (0, {})

@@ -165,11 +165,14 @@ class FakeUpstream:
         self.outcomes = outcomes or {}
         self.consume = consume
         self.sent: list[tuple[str, str, str, list[tuple[str, str]]]] = []
+        #: The client address each request was sent for (what the pools' fair share counts).
+        self.client_ips: list[str | None] = []
         self.closed = False
 
     def send(self, backend_url: str, method: str, target: str, headers: list[tuple[str, str]],
-             body: Any, early_hints: Any = None, client: Any = None) -> FakeResponse:
+             body: Any, early_hints: Any = None, client: Any = None, client_ip: str | None = None) -> FakeResponse:
         self.sent.append((backend_url, method, target, headers))
+        self.client_ips.append(client_ip)
         if body is not None and self.consume:
             for _chunk in body:
                 if body.sent >= self.consume:
@@ -283,6 +286,16 @@ def test_a_request_is_forwarded_and_its_answer_relayed() -> None:
     assert (url, method, target) == (BACKENDS[0], "GET", "/path?q=1")
     assert ("Host", HOST) in headers and ("X-Forwarded-For", "192.0.2.7") in headers
     assert pipeline.health.answers == [(BACKENDS[0], 200)]
+
+
+def test_the_pools_count_a_request_against_the_rate_limiters_client_address() -> None:
+    """The fair share of a pool (``fair_share``) is per client address: the one the limiter uses."""
+    direct = Pipeline()
+    direct.request(HTTP_X_FORWARDED_FOR="203.0.113.9")  # an untrusted peer's header is not believed
+    behind = Pipeline({"server": {"trustedProxies": ["192.0.2.0/24"]}})
+    behind.request(HTTP_X_FORWARDED_FOR="203.0.113.9, 198.51.100.4")
+    assert direct.upstream.client_ips == ["192.0.2.7"]
+    assert behind.upstream.client_ips == ["198.51.100.4"]
 
 
 def test_the_access_log_records_status_bytes_upstream_and_vhost() -> None:

@@ -128,10 +128,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.maxSocketsPerClient", 0, integer(0),
             "One client address's share of a worker's pool to one backend: the pooled exchanges it "
             "may have in flight there while others want the pool (the address is the rate limiter's, "
-            "after `server.trustedProxies`). Past it, the address may still take connections while "
-            "a tenth of the pool stays free; otherwise its requests wait until one of its exchanges "
-            "ends or the pool frees up (503 after `server.connectTimeout`). 0 means half of `server.maxSockets` (at "
-            "least 1). nginx: `limit_conn` on `$binary_remote_addr`; HAProxy: `src_conn_cur`."),
+            "after `server.trustedProxies`). Past it, while another address used the pool in the "
+            "last 10 s, the address may still take connections while a tenth of the pool stays "
+            "free; otherwise its requests wait until one of its exchanges ends or the pool frees up "
+            "(503 after `server.connectTimeout`). An address alone on a pool uses all of it. 0 means "
+            "half of `server.maxSockets` (at least 1). nginx: `limit_conn` on `$binary_remote_addr`; "
+            "HAProxy: `src_conn_cur`."),
     Setting("server.connectTimeout", None, optional(number()),
             "Seconds to wait for a backend connection; null means `server.tcpTimeout`."),
     Setting("server.keepAliveTimeout", 5, integer(0),

@@ -89,13 +89,13 @@ class BackendPool(HTTPConnectionPool):
         """Connections not lent out: idle, or not opened yet."""
         return self.pool.qsize() if self.pool is not None else 0
 
-    def checkout(self, timeout: float, address: str | None = None) -> BackendConnection:
+    def checkout(self, timeout: float) -> BackendConnection:
         """A connection (open and idle, or not yet open); waits up to ``timeout`` for a free one."""
-        self.share.wait_begins(address)
+        self.share.waiting += 1
         try:
             return cast(BackendConnection, self._get_conn(timeout=timeout))
         finally:
-            self.share.wait_ends(address)
+            self.share.waiting -= 1
 
     def checkin(self, conn: BackendConnection) -> None:
         self._put_conn(conn)  # type: ignore[arg-type]

@@ -20,10 +20,14 @@ client address holds of it:
   connections as they free up, past its share and into the reserve
   (``Upstream._checkout`` puts such a connection back and waits for its turn).
 
-It is work-conserving: alone on an idle pool, one address may use all but the reserve.
+The reserve is kept only for others that exist: an address past its share is held back
+only while another address used the pool within the last ``OTHERS_RECENT`` seconds. A
+pool used by one address alone (every client behind one load balancer that is not in
+``server.trustedProxies``; a test on loopback) is used whole, exactly as without this
+rule, and ``slow_clients`` alone decides what slow transfers may hold.
 The trade-off: clients behind one NAT (or one forward proxy not in
 ``server.trustedProxies``) share one address's share, but only while the pool is
-contended. The address is the rate limiter's (``headers.client_address``). Counts live in
+contended by other addresses. The address is the rate limiter's (``headers.client_address``). Counts live in
 one small dict per pool, an address removed at zero, so memory is bounded by the
 exchanges in flight; waiting uses one ``gevent.event.Event`` per pool and wave of waiters,
 set when any exchange of the pool ends: no polling, no cost when nobody waits.
@@ -35,6 +39,11 @@ import time
 from collections.abc import Callable
 
 from gevent.event import Event
+
+#: Seconds after another address last took one of a pool's connections during which the
+#: reserve is kept from an address past its share. Long beside a normal client's pauses
+#: between requests, short beside how long a deployment's address mix lasts.
+OTHERS_RECENT = 10.0
 
 
 def reserve_for(pool_size: int) -> int:
@@ -75,9 +84,10 @@ class Holding:
 class FairShare:
     """One pool's connections held by client address, and the wait of addresses past their share."""
 
-    __slots__ = ("_turn", "held", "reserve", "share", "size")
+    __slots__ = ("_recent", "_turn", "clock", "held", "reserve", "share", "size")
 
-    def __init__(self, pool_size: int, per_client: int = 0) -> None:
+    def __init__(self, pool_size: int, per_client: int = 0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.size = pool_size
         self.reserve = reserve_for(pool_size)
         self.share = share_for(pool_size, per_client)
@@ -85,6 +95,10 @@ class FairShare:
         self.held: dict[str, int] = {}
         #: Set when an exchange ends, then replaced: exists only while someone waits.
         self._turn: Event | None = None
+        self.clock = clock
+        #: The last two distinct addresses to take a connection, newest first, with when:
+        #: enough to know when any address other than a given one last did.
+        self._recent: list[tuple[str, float]] = []
 
     def set_share(self, per_client: int) -> None:
         self.share = share_for(self.size, per_client)
@@ -94,8 +108,18 @@ class FairShare:
 
     def may_take(self, address: str | None, free: int) -> bool:
         """Under its share, yes; at or past it, only if ``reserve`` of the ``free`` connections
-        (idle or unopened) would still be left. A request of no known address is not counted."""
-        return self.holding(address) < self.share or free - 1 >= self.reserve
+        (idle or unopened) would still be left, or if no other address used the pool lately.
+        A request of no known address is not counted."""
+        if self.holding(address) < self.share or free - 1 >= self.reserve:
+            return True
+        return not self.others_recently(address)
+
+    def others_recently(self, address: str | None) -> bool:
+        """Whether an address other than ``address`` took a connection in the last ``OTHERS_RECENT`` s."""
+        for other, when in self._recent:
+            if other != address:
+                return self.clock() - when <= OTHERS_RECENT
+        return False
 
     def wait_turn(self, address: str | None, free: Callable[[], int], timeout: float) -> bool:
         """Wait until ``may_take`` (re-checked each time an exchange of the pool ends), at most
@@ -114,7 +138,15 @@ class FairShare:
         """Count a connection just checked out for ``address``; the ``Holding`` gives it back."""
         if address is not None:
             self.held[address] = self.held.get(address, 0) + 1
+            self._used_by(address)
         return Holding(self, address, then)
+
+    def _used_by(self, address: str) -> None:
+        now = self.clock()
+        if self._recent and self._recent[0][0] == address:
+            self._recent[0] = (address, now)
+        else:
+            self._recent = [(address, now), *(entry for entry in self._recent if entry[0] != address)][:2]
 
     def give_back(self, address: str | None) -> None:
         """An exchange ended: one less for its address, and every waiter looks again."""

@@ -17,14 +17,14 @@ of that app waited 30 s for a 503. Two rules keep a share of every pool for the 
   transfer slow: it takes one of the pool's slow lanes (``lanes_for``: all connections
   but a tenth, at least one kept back) and keeps it until it ends. While a request waits
   for the pool, an answer whose client's send buffer is full is slow at once. A slow transfer that
-  finds no lane free goes on while nobody needs the pool; once a request of *another*
-  client address is waiting for one of the pool's connections, it is cut (client
-  connection reset, backend connection closed, never pooled) so that the request gets
-  it: at once when the request arrives (``relieve``), not at the next sweep, which left
-  it waiting up to ``SLOW_AFTER``. A client's own waiting requests never cut its own
-  transfers: the non-readers of the abuse benchmark, reconnecting from one address,
-  would only trade connections among themselves (and ``fair_share`` holds back an
-  address past its share before it ever waits on the pool).
+  finds no lane free goes on while nobody needs the pool; once a request is waiting for
+  one of the pool's connections, it is cut (client connection reset, backend connection
+  closed, never pooled) so that the request gets it: at once when the request arrives
+  (``relieve``, which cuts another address's transfer before one of the waiting
+  request's own), not at the next sweep, which left it waiting up to ``SLOW_AFTER``.
+  (``fair_share`` holds back an address past its share before it waits on the pool, so
+  the attackers of the abuse benchmark, on an address of their own, do not cut one
+  another's transfers to take the connections kept for others.)
 
 The trade-off: when slow transfers already hold their whole share and the pool is
 full, the slowest further ones are cut rather than queued, legitimate slow downloads
@@ -60,31 +60,13 @@ def lanes_for(pool_size: int) -> int:
 class PoolShare:
     """One backend pool's budget of slow transfers, and how many requests wait for a connection."""
 
-    __slots__ = ("_free", "lanes", "waiters", "waiting")
+    __slots__ = ("_free", "lanes", "waiting")
 
     def __init__(self, pool_size: int) -> None:
         self.lanes = lanes_for(pool_size)
         self._free = Semaphore(self.lanes)
         #: Checkouts in progress; above zero while the sweeper runs, someone is blocked on the pool.
         self.waiting = 0
-        #: The same by client address (only those that gave one); an address leaves at zero.
-        self.waiters: dict[str, int] = {}
-
-    def wait_begins(self, address: str | None) -> None:
-        self.waiting += 1
-        if address is not None:
-            self.waiters[address] = self.waiters.get(address, 0) + 1
-
-    def wait_ends(self, address: str | None) -> None:
-        self.waiting -= 1
-        if address is not None:
-            count = self.waiters.pop(address, 0) - 1
-            if count > 0:
-                self.waiters[address] = count
-
-    def waiting_besides(self, address: str | None) -> bool:
-        """Whether a request of another client address than ``address`` waits for the pool."""
-        return self.waiting > (self.waiters.get(address, 0) if address is not None else 0)
 
     @property
     def slow(self) -> int:
@@ -132,22 +114,21 @@ class ClientWatch:
     def relay(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
         """The answer's pieces; the time the server spends handing each to the client is watched.
 
-        While a request of another address waits for the pool, a client whose send buffer is
-        full before the next piece is slow at once: it does not keep a connection for a whole sweep.
+        While a request waits for the pool, a client whose send buffer is full before the
+        next piece is slow at once: it does not keep a connection for a whole sweep.
         """
         for chunk in chunks:
-            if (self.share.waiting and not self.lane and self.share.waiting_besides(self.address)
-                    and not writable_now(self.client)):
+            if self.share.waiting and not self.lane and not writable_now(self.client):
                 self.slow_now()
             self.begin()
             yield chunk
             self.end()
 
     def slow_now(self) -> None:
-        """Slow: a lane if one is free, else (the pool being wanted by another address) cut."""
+        """Slow: a lane if one is free, else (the pool being wanted) cut."""
         if self.share.take_lane():
             self.lane, self.laneless = True, False
-        elif self.share.waiting_besides(self.address):
+        elif self.share.waiting:
             self.owner.shed(self)
         else:
             self.laneless = True
@@ -194,14 +175,19 @@ class SlowClients:
                 watch.tick()
 
     def relieve(self, share: PoolShare, address: str | None = None) -> bool:
-        """A request of ``address`` is about to wait for ``share``'s pool: cut one transfer of another
-        address already found slow with no lane free, now. True when one was cut (its connection
-        comes free shortly)."""
+        """A request of ``address`` is about to wait for ``share``'s pool: cut one transfer already
+        found slow with no lane free, now, another address's if there is one. True when one
+        was cut (its connection comes free shortly)."""
+        own = None
         for watch in self.active:
-            if (watch.share is share and watch.laneless and not watch.lane and watch.waiting
-                    and (address is None or watch.address != address)):
-                self.shed(watch)
-                return True
+            if watch.share is share and watch.laneless and not watch.lane and watch.waiting:
+                if address is None or watch.address != address:
+                    self.shed(watch)
+                    return True
+                own = own or watch
+        if own is not None:
+            self.shed(own)
+            return True
         return False
 
     def shed(self, watch: ClientWatch) -> None:

@@ -219,7 +219,7 @@ class Upstream:
             if pool.pool is not None and pool.pool.empty():  # this request would wait for the pool
                 self.slow.relieve(pool.share, address)
             try:
-                conn = pool.checkout(max(0.0, deadline - time.monotonic()), address)
+                conn = pool.checkout(max(0.0, deadline - time.monotonic()))
             except EmptyPoolError as exc:
                 raise BackendBusy(f"{backend_url}: all {pool.pool.maxsize if pool.pool else '?'} "
                                   "connections busy") from exc

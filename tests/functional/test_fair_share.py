@@ -1,9 +1,10 @@
 """One client address cannot take the share of a backend pool kept for everyone else (issue 11).
 
 Requests from 127.0.0.2 whose answers the backend holds fill a small pool
-(``server.maxSockets`` 10, ``server.maxSocketsPerClient`` 3): past its share, that
-address may take connections only while a tenth of the pool stays free, so a request
-from 127.0.0.1 still finds one. The counting itself is checked against a real backend
+(``server.maxSockets`` 10, ``server.maxSocketsPerClient`` 3): past its share, while
+another address (127.0.0.1) uses the pool too, that address may take connections only
+while a tenth of the pool stays free, so a request from 127.0.0.1 still finds one. An
+address alone on its pool uses all of it, as before the rule. The counting itself is checked against a real backend
 with ``Upstream`` in this process: after completed, failed, cut and refused exchanges,
 nothing is left counted.
 """
@@ -91,10 +92,16 @@ def held_back_or_sent(proxy, scripted: ScriptedBackend, sent: int) -> bool:
     return HELD_BACK in proxy.log() or len(scripted.requests_for("/hold")) >= sent
 
 
+def a_regular_came(proxy, host: str) -> None:
+    """127.0.0.1 uses the app's pool: the reserve is now kept for it (``fair_share.OTHERS_RECENT``)."""
+    assert requests.get(f"{proxy.url}/quick", headers={"Host": host}, timeout=ANSWER_TIMEOUT).status_code == 200
+
+
 def test_one_address_cannot_take_the_connections_kept_for_others(make_proxy, rdb, scripted, holds, host):
     proxy = make_proxy(server_maxSockets=POOL, server_maxSocketsPerClient=SHARE,
                        server_connectTimeout=POOL_WAIT, server_tcpTimeout=HOLD + 30)
     rdb.rpush(f"frontend:{host}", "app", scripted.url)
+    a_regular_came(proxy, host)
     clients = [held_request(proxy.port, host, n) for n in range(POOL - 1)]
     try:
         wait_for(lambda: len(scripted.requests_for("/hold")) == POOL - 1, "9 held requests at the backend")
@@ -120,13 +127,31 @@ def test_one_address_cannot_take_the_connections_kept_for_others(make_proxy, rdb
             sock.close()
 
 
-def test_alone_on_an_idle_pool_an_address_uses_all_but_the_reserve(make_proxy, rdb, scripted, holds, host):
+def test_alone_on_its_pool_an_address_uses_all_of_it(make_proxy, rdb, scripted, holds, host):
+    """Every client behind one address (a load balancer): the reserve is for others, and there are none."""
+    proxy = make_proxy(server_maxSockets=POOL, server_maxSocketsPerClient=SHARE, server_tcpTimeout=HOLD + 30)
+    rdb.rpush(f"frontend:{host}", "app", scripted.url)
+    clients = [held_request(proxy.port, host, n) for n in range(POOL)]
+    try:
+        wait_for(lambda: len(scripted.requests_for("/hold")) == POOL, "the whole pool used by one address")
+        assert HELD_BACK not in proxy.log()
+    finally:
+        holds.release_all()
+    try:
+        assert [status_of(sock) for sock in clients] == [200] * POOL
+    finally:
+        for sock in clients:
+            sock.close()
+
+
+def test_past_its_share_an_address_uses_all_but_the_reserve(make_proxy, rdb, scripted, holds, host):
     """Work-conserving: past its share while nobody else wants the pool; held back only by the
     reserve, and let through as soon as one of its own exchanges ends (not at a timeout)."""
     patience = 40.0
     proxy = make_proxy(server_maxSockets=POOL, server_maxSocketsPerClient=SHARE,
                        server_connectTimeout=patience, server_tcpTimeout=HOLD + 30)
     rdb.rpush(f"frontend:{host}", "app", scripted.url)
+    a_regular_came(proxy, host)
     clients = [held_request(proxy.port, host, n) for n in range(POOL - 1)]
     try:
         wait_for(lambda: len(scripted.requests_for("/hold")) == POOL - 1, "9 held requests (share 3) at the backend")
@@ -227,5 +252,5 @@ def test_every_exchange_gives_back_what_it_counted(scripted):
     finally:
         upstream.close()
     assert pool.fair.held == {}
-    assert (pool.share.waiting, pool.share.waiters, pool.share.slow) == (0, {}, 0)
+    assert (pool.share.waiting, pool.share.slow) == (0, 0)
     assert upstream.slow.active == set()

@@ -3,9 +3,6 @@
 Slow POSTs (one body byte, then silence) and clients that never read a large answer
 used to hold every pooled connection (``server.maxSockets``): other clients of the app
 waited ``server.tcpTimeout`` for a 503. Here a normal GET gets its 200 while they stall.
-The stalled clients come from another address (127.0.0.2) than the normal one: a
-client's own waiting requests never cut its own slow transfers, and past its share of
-the pool an address is held back before it gets there (``test_fair_share``).
 """
 
 from __future__ import annotations
@@ -25,8 +22,6 @@ from tests.harness import Backend, wait_for
 #: Patience before the pool answers 503 (pool timeout = connect timeout = tcpTimeout).
 STARVATION = 20
 BIG = 8 * 1024 * 1024
-#: The stalled clients' address; the normal client stays on 127.0.0.1.
-STALLED_FROM = ("127.0.0.2", 0)
 
 
 @pytest.fixture()
@@ -48,11 +43,10 @@ def established_to(port: int) -> int:
     return count
 
 
-def non_reader(port: int, host: str, path: str, source: tuple[str, int] = ("127.0.0.1", 0)) -> socket.socket:
+def non_reader(port: int, host: str, path: str) -> socket.socket:
     """A client that asks for a large answer and never reads it (a tiny receive window)."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.bind(source)
     sock.connect(("127.0.0.1", port))
     sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     return sock
@@ -60,27 +54,26 @@ def non_reader(port: int, host: str, path: str, source: tuple[str, int] = ("127.
 
 def slow_post(port: int, host: str) -> socket.socket:
     """A client that declares a small body and sends one byte of it."""
-    sock = socket.create_connection(("127.0.0.1", port), source_address=STALLED_FROM)
+    sock = socket.create_connection(("127.0.0.1", port))
     sock.sendall(f"POST /echo HTTP/1.1\r\nHost: {host}\r\nContent-Length: 100\r\n\r\nx".encode())
     return sock
 
 
 def stalled_upload(port: int, host: str) -> socket.socket:
     """A client that sends 128 KiB of a 1 MiB body, then nothing."""
-    sock = socket.create_connection(("127.0.0.1", port), source_address=STALLED_FROM)
+    sock = socket.create_connection(("127.0.0.1", port))
     sock.sendall(f"POST /echo HTTP/1.1\r\nHost: {host}\r\nContent-Length: {1 << 20}\r\n\r\n".encode()
                  + b"u" * (128 * 1024))
     return sock
 
 
 def test_stalled_clients_leave_a_connection_for_a_normal_get(make_proxy, rdb, lone_backend, host):
-    # Their whole pool, as before the per-address share: what is tested is the slow lanes and the cut.
-    proxy = make_proxy(server_maxSockets=4, server_maxSocketsPerClient=4, server_tcpTimeout=STARVATION)
+    proxy = make_proxy(server_maxSockets=4, server_tcpTimeout=STARVATION)
     rdb.rpush(f"frontend:{host}", "app", lone_backend.url)
     stalled = [slow_post(proxy.port, host) for _ in range(3)]
     try:
         stalled += [stalled_upload(proxy.port, host) for _ in range(2)]
-        stalled += [non_reader(proxy.port, host, f"/bytes/{BIG}", STALLED_FROM) for _ in range(5)]
+        stalled += [non_reader(proxy.port, host, f"/bytes/{BIG}") for _ in range(5)]
         wait_for(lambda: established_to(lone_backend.port) >= 4, what="the pool taken by the stalled clients")
         started = time.monotonic()
         answer = requests.get(f"{proxy.url}/echo", headers={"Host": host}, timeout=STARVATION + 10)

@@ -6,7 +6,7 @@ import time
 
 import gevent
 
-from cjs_proxy.pipeline.fair_share import FairShare, reserve_for, share_for
+from cjs_proxy.pipeline.fair_share import OTHERS_RECENT, FairShare, reserve_for, share_for
 
 
 def test_the_default_share_is_half_the_pool_and_at_least_one():
@@ -27,9 +27,10 @@ def test_under_its_share_an_address_takes_even_the_last_connection():
 
 def test_past_its_share_an_address_takes_only_while_the_reserve_stays_free():
     fair = FairShare(10, 3)
+    fair.take("b")  # another address uses the pool
     for _ in range(3):
         fair.take("a")
-    assert fair.may_take("a", free=7)  # work-conserving: an idle pool is used
+    assert fair.may_take("a", free=6)  # work-conserving: an idle pool is used
     assert fair.may_take("a", free=2)  # one left free after it
     assert not fair.may_take("a", free=1)  # that one is the reserve
     assert fair.may_take("b", free=1)  # another address is not held back
@@ -62,6 +63,7 @@ def test_a_holding_is_given_back_exactly_once_and_its_follow_up_runs_once():
 
 def test_a_wait_past_the_share_ends_with_the_timeout():
     fair = FairShare(10, 1)
+    fair.take("b")
     fair.take("a")
     started = time.monotonic()
     assert fair.wait_turn("a", lambda: 1, timeout=0.2) is False
@@ -70,6 +72,7 @@ def test_a_wait_past_the_share_ends_with_the_timeout():
 
 def test_a_wait_ends_when_one_of_the_addresses_exchanges_ends():
     fair = FairShare(10, 1)
+    fair.take("b")
     holding = fair.take("a")
     gevent.spawn_later(0.05, holding.release)
     started = time.monotonic()
@@ -102,3 +105,40 @@ def test_every_waiter_is_woken_by_one_exchange_ending():
     assert [w.value for w in waiters[:2]] == [True, True]
     assert not waiters[2].ready()
     waiters[2].kill()
+
+
+def test_an_address_alone_on_its_pool_is_never_held_back():
+    """Every client behind one load balancer: the reserve is for other addresses, and there are none."""
+    fair = FairShare(10, 3)
+    for _ in range(9):
+        fair.take("lb")
+    assert fair.may_take("lb", free=1)
+
+
+def test_the_reserve_is_kept_only_while_another_address_used_the_pool_lately():
+    now = [0.0]
+    fair = FairShare(10, 3, clock=lambda: now[0])
+    fair.take("normal").release()
+    for _ in range(9):
+        fair.take("attacker")
+    assert not fair.may_take("attacker", free=1)  # kept for "normal", which came 0 s ago
+    now[0] = OTHERS_RECENT + 1
+    assert fair.may_take("attacker", free=1)  # nobody else for a while: the whole pool
+    fair.take("normal")
+    assert not fair.may_take("attacker", free=1)
+
+
+def test_the_other_addresses_are_known_whatever_order_they_came_in():
+    now = [0.0]
+    fair = FairShare(10, 1, clock=lambda: now[0])
+    fair.take("a")
+    now[0] = 5.0
+    fair.take("b")
+    now[0] = 12.0
+    fair.take("a")
+    assert fair.others_recently("a")  # b, 7 s ago
+    assert fair.others_recently("b")  # a, just now
+    now[0] = 16.0
+    assert not fair.others_recently("a")  # b, 11 s ago
+    fair.take("c")
+    assert fair.others_recently("a") and fair.others_recently("c")

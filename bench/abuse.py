@@ -27,8 +27,8 @@ is stopped past ``BUDGET_SECONDS``. ``--rev main`` measures that revision's code
 measured: one address, which the proxy cannot tell apart. With another address the
 attackers are held to their share of the pool (``server.maxSocketsPerClient``,
 ``cjs_proxy/pipeline/fair_share.py``), as distinct clients on the internet would be; on
-one address the normal client shares the attackers' share. The results file names both
-addresses.
+one address the pool is that address's alone and only the slow lanes protect the normal
+client. The results file names both addresses.
 """
 
 from __future__ import annotations

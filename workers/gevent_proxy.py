@@ -293,7 +293,7 @@ class ProxyWorker(GeventWorker):
         options = self.options = view(WorkerSettings, settings)
         self.server_header = options.server_header
         gunicorn_wsgi.SERVER = self.server_header
-        response.install()
+        response.install(self.cfg)
         self.error_pages = ErrorPages(options.static_dir)
         if settings["https.bind"]:
             # Only where HTTPS is served: cryptography adds ~10 MiB to a worker.

@@ -1,4 +1,5 @@
-"""The worker's response writer: gunicorn's, sending a response's head with its first body bytes.
+"""The worker's response writer: gunicorn's, sending a response's head with its first body bytes;
+and the part of every request's WSGI environ that never changes, built once.
 
 gunicorn writes the head of a response with one ``send`` and each body piece with another,
 so a small answer costs two system calls here, two TCP segments and two wake-ups of the
@@ -9,6 +10,9 @@ response ends), so a streamed answer's head leaves exactly as early as before.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
 
 from gunicorn.http import wsgi as gunicorn_wsgi
 
@@ -69,11 +73,35 @@ class HeadWithBody(gunicorn_wsgi.Response):
             self.sock.sendall(head)
 
 
-def install() -> None:
-    """Make ``HeadWithBody`` the response class of every request this worker serves.
+class ErrorStream:
+    """``wsgi.errors``: gunicorn's error log, found when written to (rarely; the proxy logs
+    through ``logging``) instead of for every request as gunicorn's wrapper is."""
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+
+    def write(self, data: str) -> None:
+        gunicorn_wsgi.WSGIErrorsWrapper(self.cfg).write(data)
+
+    def writelines(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        """Every write is flushed already."""
+
+
+def install(cfg: Any) -> None:
+    """Make ``HeadWithBody`` the response class of every request this worker serves, and
+    start every request's environ from one built here.
 
     gunicorn's async worker calls ``gunicorn.http.wsgi.create`` without a response class,
-    which then builds the module's ``Response``, looked up at each call.
+    which then builds the module's ``Response``, looked up at each call; ``create`` starts
+    each environ from the module's ``base_environ``, which builds an error-log wrapper
+    (a logger lookup and a walk of its handlers) and reads the configuration for keys
+    that are the same for every request of the worker.
     """
     gunicorn_wsgi.Response = HeadWithBody
+    constant = {**gunicorn_wsgi.base_environ(cfg), "wsgi.errors": ErrorStream(cfg)}
+    gunicorn_wsgi.base_environ = lambda _cfg: constant.copy()
 

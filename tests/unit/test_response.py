@@ -87,3 +87,24 @@ def test_an_answer_without_writes_sends_its_head_on_close() -> None:
 def test_no_sendfile_that_would_write_before_the_head() -> None:
     resp, _sock = response()
     assert resp.can_sendfile() is False
+
+
+def test_every_request_starts_from_its_own_copy_of_the_constant_environ(monkeypatch, capsys) -> None:
+    from gunicorn.http import wsgi as gunicorn_wsgi
+
+    from workers import response as module
+
+    for name in ("Response", "base_environ"):  # restored after the test
+        monkeypatch.setattr(gunicorn_wsgi, name, getattr(gunicorn_wsgi, name))
+    cfg = Config()
+    cfg.set("errorlog", "-")
+    expected = gunicorn_wsgi.base_environ(cfg)
+    module.install(cfg)
+    first, second = gunicorn_wsgi.base_environ(cfg), gunicorn_wsgi.base_environ(cfg)
+    assert first is not second and gunicorn_wsgi.Response is HeadWithBody
+    first["HTTP_X"] = "mutated by a request"
+    assert "HTTP_X" not in second and "HTTP_X" not in gunicorn_wsgi.base_environ(cfg)
+    assert {k: v for k, v in first.items() if k not in ("wsgi.errors", "HTTP_X")} == \
+        {k: v for k, v in expected.items() if k != "wsgi.errors"}
+    first["wsgi.errors"].write("to gunicorn's error log\n")
+    assert "to gunicorn's error log" in capsys.readouterr().err

@@ -26,13 +26,12 @@ import logging
 import random
 import time
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
 
 from cjs_proxy.boundedcache import BoundedCache
 from cjs_proxy.eventlog import EventLog
 from cjs_proxy.exceptions import BackendDenied, BackendUnavailable, InvalidFrontend, NoLiveBackend
 from cjs_proxy.pipeline.balance import Picker
-from cjs_proxy.pipeline.router import Route
+from cjs_proxy.pipeline.router import Backend, Route
 from cjs_proxy.pipeline.store import RouteStore, StoreError
 
 log = logging.getLogger("cjs_proxy.pipeline.passive_health")
@@ -44,18 +43,9 @@ MAX_SHOWN = 3
 SHOWN_CHARS = 100
 
 
-@dataclass(frozen=True)
-class Backend:
-    """One backend of a frontend: its 0-based id (Hipache's) and its URL."""
-
-    id: int
-    url: str
-
-
-def usable_backends(route: Route) -> list[Backend]:
+def usable_backends(route: Route) -> tuple[Backend, ...]:
     """The backends whose URL is well formed (see ``Route.unusable``), dead or not."""
-    unusable = route.unusable
-    return [Backend(i, url) for i, url in enumerate(route.backends) if i not in unusable]
+    return route.usable
 
 
 def live_backends(route: Route) -> list[Backend]:
@@ -83,7 +73,7 @@ def choose_backend(route: Route, rng: random.Random = random._inst,
     candidates = [b for b in untried if b.id not in dead]
     panic = False
     if not candidates and all(b.id in dead for b in usable):
-        candidates, panic = untried, True
+        candidates, panic = list(untried), True
     if not candidates:
         raise NoLiveBackend(f"no untried live backend left for {route.frontend.key!r}")
     if len(candidates) == 1:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 from cjs_proxy.boundedcache import BoundedCache
 from cjs_proxy.exceptions import InvalidHost, StoreUnavailable, UnknownHost
@@ -109,6 +110,13 @@ def lookup_candidates(host: str) -> list[str]:
     return candidates
 
 
+class Backend(NamedTuple):
+    """One backend of a frontend: its 0-based id (Hipache's) and its URL."""
+
+    id: int
+    url: str
+
+
 @dataclass(frozen=True)
 class Route:
     """A resolved request: the host asked for and the frontend that answers it."""
@@ -140,7 +148,8 @@ class Route:
         inspects the class each time).
         """
         route = Route(self.host, self.frontend, answer, self.stale, self.expires)
-        route.__dict__["unusable"] = self.unusable  # cached_property's value, shared
+        route.__dict__["unusable"] = self.unusable  # cached_properties' values, shared
+        route.__dict__["usable"] = self.usable
         return route
 
     @cached_property
@@ -152,6 +161,13 @@ class Route:
             if problem is not None:
                 problems[backend_id] = problem
         return problems
+
+    @cached_property
+    def usable(self) -> tuple[Backend, ...]:
+        """The backends whose URL is well formed, dead or not: worked out once per route,
+        however many requests a cached route serves."""
+        unusable = self.unusable
+        return tuple(Backend(i, url) for i, url in enumerate(self.backends) if i not in unusable)
 
 
 #: Key names without the driver's prefix, as the invalidation feed reports them.

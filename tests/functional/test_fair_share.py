@@ -97,14 +97,20 @@ def a_regular_came(proxy, host: str) -> None:
     assert requests.get(f"{proxy.url}/quick", headers={"Host": host}, timeout=ANSWER_TIMEOUT).status_code == 200
 
 
-def test_one_address_cannot_take_the_connections_kept_for_others(make_proxy, rdb, scripted, holds, host):
-    proxy = make_proxy(server_maxSockets=POOL, server_maxSocketsPerClient=SHARE,
-                       server_connectTimeout=POOL_WAIT, server_tcpTimeout=HOLD + 30)
+def past_its_share(proxy, rdb, scripted: ScriptedBackend, host: str) -> list[socket.socket]:
+    """A regular on 127.0.0.1, then 127.0.0.2 holding all of the pool but the reserve (share 3)."""
     rdb.rpush(f"frontend:{host}", "app", scripted.url)
     a_regular_came(proxy, host)
     clients = [held_request(proxy.port, host, n) for n in range(POOL - 1)]
+    wait_for(lambda: len(scripted.requests_for("/hold")) == POOL - 1, "9 held requests at the backend")
+    return clients
+
+
+def test_one_address_cannot_take_the_connections_kept_for_others(make_proxy, rdb, scripted, holds, host):
+    proxy = make_proxy(server_maxSockets=POOL, server_maxSocketsPerClient=SHARE,
+                       server_connectTimeout=POOL_WAIT, server_tcpTimeout=HOLD + 30)
+    clients = past_its_share(proxy, rdb, scripted, host)
     try:
-        wait_for(lambda: len(scripted.requests_for("/hold")) == POOL - 1, "9 held requests at the backend")
         started = time.monotonic()
         tenth = held_request(proxy.port, host, POOL - 1)
         clients.append(tenth)
@@ -150,11 +156,8 @@ def test_past_its_share_an_address_uses_all_but_the_reserve(make_proxy, rdb, scr
     patience = 40.0
     proxy = make_proxy(server_maxSockets=POOL, server_maxSocketsPerClient=SHARE,
                        server_connectTimeout=patience, server_tcpTimeout=HOLD + 30)
-    rdb.rpush(f"frontend:{host}", "app", scripted.url)
-    a_regular_came(proxy, host)
-    clients = [held_request(proxy.port, host, n) for n in range(POOL - 1)]
+    clients = past_its_share(proxy, rdb, scripted, host)
     try:
-        wait_for(lambda: len(scripted.requests_for("/hold")) == POOL - 1, "9 held requests (share 3) at the backend")
         clients.append(held_request(proxy.port, host, POOL - 1))
         wait_for(lambda: held_back_or_sent(proxy, scripted, POOL), "the tenth request held back (or sent)")
         assert len(scripted.requests_for("/hold")) == POOL - 1, "the reserve was taken"

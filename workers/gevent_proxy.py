@@ -176,6 +176,8 @@ class ProxyWorker(GeventWorker):
             super().run()
         finally:
             self.metrics.flush()  # the last requests' counts, before the process is gone
+            if self.proxy_app is not None:
+                self.proxy_app.access_log.flush()  # and their access-log lines (written once per loop turn)
 
     @property
     def metrics(self) -> NoMetrics:

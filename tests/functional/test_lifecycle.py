@@ -164,6 +164,16 @@ def test_max_requests_recycles_every_worker_with_no_failed_request(make_proxy, r
     assert stream.failures == []
     served = stream.served
     assert len(served) >= 5, f"workers were not replaced several times: {served}"
+    # Access-log lines are written once per loop turn: none may be lost when a worker goes.
+    answered = sum(served.values())
+    wait_for(lambda: logged_requests(proxy, "/echo") == answered,
+             f"{answered} access-log lines for {answered} answers")
+
+
+def logged_requests(proxy: Proxy, path: str) -> int:
+    if not proxy.access_log.exists():
+        return 0
+    return proxy.access_log.read_text(encoding="utf-8", errors="replace").count(f'"GET {path} HTTP/1.1"')
 
 
 def test_memory_watchdog_recycles_sole_worker_while_a_50_mib_upload_completes(make_proxy, route):

@@ -147,9 +147,8 @@ class ScriptBatcher:
         try:
             with self._slots:
                 gevent.sleep(0)
-                batch, self._pending = self._pending, []
                 taken = True
-                self._send_in_batches(batch)
+                self._send_pending()
         finally:
             if not taken:
                 self._pending = [call for call in self._pending if call is not own]
@@ -158,10 +157,11 @@ class ScriptBatcher:
 
     def _flush(self) -> None:
         with self._slots:
-            batch, self._pending = self._pending, []
-            self._send_in_batches(batch)
+            self._send_pending()
 
-    def _send_in_batches(self, calls: list[Call]) -> None:
+    def _send_pending(self) -> None:
+        """Every call pending now, in batches of at most ``MAX_BATCH``."""
+        calls, self._pending = self._pending, []
         for start in range(0, len(calls), MAX_BATCH):
             self._send(calls[start:start + MAX_BATCH])
 

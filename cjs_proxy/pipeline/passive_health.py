@@ -43,14 +43,9 @@ MAX_SHOWN = 3
 SHOWN_CHARS = 100
 
 
-def usable_backends(route: Route) -> tuple[Backend, ...]:
-    """The backends whose URL is well formed (see ``Route.unusable``), dead or not."""
-    return route.usable
-
-
 def live_backends(route: Route) -> list[Backend]:
     dead = route.frontend.dead
-    return [b for b in usable_backends(route) if b.id not in dead]
+    return [b for b in route.usable if b.id not in dead]
 
 
 def choose_backend(route: Route, rng: random.Random = random._inst,
@@ -65,7 +60,7 @@ def choose_backend(route: Route, rng: random.Random = random._inst,
     """
     if not route.backends:
         raise NoLiveBackend(f"frontend {route.frontend.key!r} lists no backend")
-    usable = usable_backends(route)
+    usable = route.usable
     if not usable:
         raise InvalidFrontend(f"frontend {route.frontend.key!r} has no usable backend URL")
     dead = route.frontend.dead

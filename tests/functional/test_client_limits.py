@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 
-from tests.harness import ROOT, rss_kib, wait_for
+from tests.harness import ROOT, read_response, rss_kib, wait_for
 
 TIMEOUT = 10
 
@@ -42,25 +42,6 @@ def trickle_head(sock: socket.socket, steps: int, every: float) -> bool:
         if closed_by_server(sock, every):
             return True
     return False
-
-
-def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One response with a Content-Length, from a blocking socket."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise EOFError(f"closed after {data!r}")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    while len(body) < int(headers.get("content-length", "0")):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        body += chunk
-    return int(lines[0].split()[1]), headers, body
 
 
 def get(port: int, host: str, path: str = "/") -> tuple[int, dict[str, str], bytes]:

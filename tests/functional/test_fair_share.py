@@ -22,7 +22,7 @@ import requests
 
 from cjs_proxy.exceptions import BackendBusy, BackendUnavailable
 from cjs_proxy.pipeline.upstream import BackendPool, Upstream, make_session
-from tests.harness import ANSWER_TIMEOUT, wait_for
+from tests.harness import ANSWER_TIMEOUT, read_response, wait_for
 from tests.scripted_backend import OnSocket, Received, ScriptedBackend, ordinary_response
 
 POOL, SHARE = 10, 3
@@ -65,14 +65,8 @@ def held_request(port: int, host: str, n: int, source: str = OTHER) -> socket.so
     return sock
 
 
-def status_of(sock: socket.socket) -> int:
-    data = b""
-    while b"\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed before a status line: {data!r}")
-        data += chunk
-    return int(data.split(b" ", 2)[1])
+def status(sock: socket.socket) -> int:
+    return read_response(sock)[0]
 
 
 def read_by_proxy(proxy_port: int, sock: socket.socket) -> bool:
@@ -120,14 +114,14 @@ def test_one_address_cannot_take_the_connections_kept_for_others(make_proxy, rdb
         elapsed = time.monotonic() - asked
         assert answer.status_code == 200, f"{answer.status_code} after {elapsed:.1f}s: the pool was taken"
         assert elapsed < 5, f"{elapsed:.1f}s"
-        assert status_of(tenth) == 503
+        assert status(tenth) == 503
         waited = time.monotonic() - started
         assert waited >= POOL_WAIT * 0.9, f"503 after {waited:.1f}s, not after the pool's timeout"
         assert len(scripted.requests_for("/hold")) == POOL - 1
     finally:
         holds.release_all()
     try:
-        assert [status_of(sock) for sock in clients[:-1]] == [200] * (POOL - 1)  # none was cut
+        assert [status(sock) for sock in clients[:-1]] == [200] * (POOL - 1)  # none was cut
     finally:
         for sock in clients:
             sock.close()
@@ -144,7 +138,7 @@ def test_alone_on_its_pool_an_address_uses_all_of_it(make_proxy, rdb, scripted, 
     finally:
         holds.release_all()
     try:
-        assert [status_of(sock) for sock in clients] == [200] * POOL
+        assert [status(sock) for sock in clients] == [200] * POOL
     finally:
         for sock in clients:
             sock.close()
@@ -162,14 +156,14 @@ def test_past_its_share_an_address_uses_all_but_the_reserve(make_proxy, rdb, scr
         wait_for(lambda: held_back_or_sent(proxy, scripted, POOL), "the tenth request held back (or sent)")
         assert len(scripted.requests_for("/hold")) == POOL - 1, "the reserve was taken"
         holds.released[0].set()
-        assert status_of(clients[0]) == 200
+        assert status(clients[0]) == 200
         released = time.monotonic()
         wait_for(lambda: len(scripted.requests_for("/hold")) == POOL, "the tenth request sent", timeout=patience / 2)
         print(f"sent {time.monotonic() - released:.3f}s after one of its exchanges ended")
     finally:
         holds.release_all()
     try:
-        assert [status_of(sock) for sock in clients[1:]] == [200] * (POOL - 1)
+        assert [status(sock) for sock in clients[1:]] == [200] * (POOL - 1)
     finally:
         for sock in clients:
             sock.close()
@@ -190,10 +184,10 @@ def test_requests_queued_under_the_share_are_checked_again_when_a_connection_com
         clients += [held_request(proxy.port, host, 4), held_request(proxy.port, host, 5)]  # queued: 1 < 2
         wait_for(lambda: all(read_by_proxy(proxy.port, sock) for sock in clients[4:]), "both read by the proxy")
         holds.released[0].set()  # a connection comes back: one of them gets it, 127.0.0.2 is at its share
-        assert status_of(clients[0]) == 200
+        assert status(clients[0]) == 200
         wait_for(lambda: len(scripted.requests_for("/hold")) == 5, "a queued request of 127.0.0.2 sent")
         holds.released[1].set()  # another comes back: the reserve, not the other queued request's
-        assert status_of(clients[1]) == 200
+        assert status(clients[1]) == 200
         wait_for(lambda: held_back_or_sent(proxy, scripted, 6), "the other queued request held back (or sent)")
         assert len(scripted.requests_for("/hold")) == 5, "127.0.0.2 took the reserve"
         answer = requests.get(f"{proxy.url}/quick", headers={"Host": host}, timeout=ANSWER_TIMEOUT)
@@ -201,7 +195,7 @@ def test_requests_queued_under_the_share_are_checked_again_when_a_connection_com
     finally:
         holds.release_all()
     try:
-        assert [status_of(sock) for sock in clients[2:]] == [200] * 4
+        assert [status(sock) for sock in clients[2:]] == [200] * 4
     finally:
         for sock in clients:
             sock.close()

@@ -215,15 +215,20 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One response with a Content-Length, from a blocking socket."""
-    data = b""
-    while b"\r\n\r\n" not in data:
+def read_head(sock: socket.socket, buffer: bytes = b"") -> tuple[bytes, bytes]:
+    """One response head (up to the blank line) and whatever followed it."""
+    while b"\r\n\r\n" not in buffer:
         chunk = sock.recv(65536)
         if not chunk:
-            raise EOFError(f"closed after {data!r}")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
+            raise EOFError(f"closed after {buffer!r}")
+        buffer += chunk
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    return head, rest
+
+
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One response with a Content-Length, from a blocking socket."""
+    head, body = read_head(sock)
     lines = head.decode("latin-1").split("\r\n")
     headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
     while len(body) < int(headers.get("content-length", "0")):

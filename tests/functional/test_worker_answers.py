@@ -14,7 +14,7 @@ import socket
 import pytest
 import requests
 
-from tests.harness import ANSWER_TIMEOUT, ROOT, wait_for
+from tests.harness import ANSWER_TIMEOUT, ROOT, read_head, wait_for
 
 TIMEOUT = ANSWER_TIMEOUT
 #: A string the client puts in its request; it must never come back in an answer.
@@ -128,17 +128,6 @@ def test_default_server_header_is_cjs_proxy(proxy):
 
 
 # ------------------------------------------------------------- Expect: 100-continue
-
-
-def read_head(sock: socket.socket, buffer: bytes = b"") -> tuple[bytes, bytes]:
-    """One response head (up to the blank line) and whatever followed it."""
-    while b"\r\n\r\n" not in buffer:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise EOFError(f"closed after {buffer!r}")
-        buffer += chunk
-    head, _, rest = buffer.partition(b"\r\n\r\n")
-    return head, rest
 
 
 def read_until_closed(sock: socket.socket, buffer: bytes) -> bytes:

@@ -62,6 +62,22 @@ def send_all(sock: socket.socket, data: bytes) -> None:
         sock.sendall(memoryview(data)[sent:])
 
 
+def readable_within(sock: HasFileno | int, milliseconds: float) -> bool:
+    """True once ``sock`` has bytes to read (or an error, or its peer closed), waiting at most
+    ``milliseconds`` in the kernel without giving way to the worker's other greenlets.
+
+    For a copy whose peer is likely sending at full speed: a wait through gevent's hub
+    costs a whole loop turn, several milliseconds in a busy worker, where the peer refills
+    the socket in microseconds.
+    """
+    poller = _kernel_poll()
+    try:
+        poller.register(sock, select.POLLIN)
+    except ValueError:  # closed meanwhile: the caller's next read says so
+        return True
+    return bool(poller.poll(max(0, round(milliseconds))))
+
+
 def writable_now(sock: HasFileno | int) -> bool:
     """True when ``sock`` has room in its send buffer right now (or an error to report); answers at once."""
     return _ready_now(select.POLLOUT, (sock,))
@@ -86,13 +102,17 @@ class Pacer:
     gave 20-30 ms).
     """
 
-    __slots__ = ("pending",)
+    __slots__ = ("every", "pending")
 
-    def __init__(self) -> None:
+    def __init__(self, every: int = YIELD_EVERY) -> None:
+        self.every = every
         self.pending = 0
 
-    def moved(self, size: int) -> None:
+    def moved(self, size: int) -> bool:
+        """Count ``size`` bytes; True when the loop gave way just now."""
         self.pending += size
-        if self.pending >= YIELD_EVERY:
-            self.pending = 0
-            gevent.idle()
+        if self.pending < self.every:
+            return False
+        self.pending = 0
+        gevent.idle()
+        return True

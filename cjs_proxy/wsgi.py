@@ -53,6 +53,7 @@ from cjs_proxy.pipeline.request import (
     trusted_peer,
 )
 from cjs_proxy.pipeline.router import Route, Router, normalize_host
+from cjs_proxy.pipeline.spool import SpoolBudget
 from cjs_proxy.pipeline.store import RouteStore
 from cjs_proxy.pipeline.upstream import RequestBody, Upstream, UpstreamResponse, make_session
 from cjs_proxy.pipeline.websocket import is_upgrade, open_tunnel, run_tunnel
@@ -353,7 +354,8 @@ def create_app(settings: config.Settings) -> ProxyApp:
     health = BackendHealth(store, health_view.dead_ttl, health_view.dead_on_500, dead_after=health_view.dead_after)
     upstream = Upstream(make_session(pool.max_sockets), connect_timeout=pool.connect_timeout or pool.tcp_timeout,
                         read_timeout=pool.tcp_timeout, deny=parse_networks(pool.deny_backends),
-                        max_tunnels=pool.ws_per_backend, per_client=pool.max_sockets_per_client)
+                        max_tunnels=pool.ws_per_backend, per_client=pool.max_sockets_per_client,
+                        spools=SpoolBudget.configured(pool.spool_max_bytes, pool.spool_bytes_per_worker))
     return ProxyApp(view(ProxySettings, settings), router, RateLimiter(settings), health, upstream,
                     ErrorPages(logs.static_dir), AccessLog(logs.path, logs.format), metrics,
                     https_port=https_redirect_port(settings),

@@ -152,6 +152,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.sendTimeout", 60, number(),
             "Longest time in seconds a client may leave a piece of its response unread; past it the "
             "client and backend connections are closed (nginx's `send_timeout`)."),
+    Setting("server.spoolMaxBytes", 16 * 1024 * 1024, integer(0),
+            "Largest rest of one answer (with a `Content-Length`) copied to a temporary file when its "
+            "client stops taking it while it holds a pooled backend connection, so that the connection "
+            "goes back to its pool; the client is then fed from the file. Larger answers keep their "
+            "connection and the slow-transfer rules decide. 0 turns spooling off. Files go to `TMPDIR` "
+            "(default `/tmp`), unnamed, gone with the answer (nginx's `proxy_max_temp_file_size` and "
+            "`proxy_temp_path`, with `proxy_buffering on`)."),
+    Setting("server.spoolBytesPerWorker", 1024 * 1024 * 1024, integer(0),
+            "Spooled answer bytes one worker keeps on disk at once, over all its clients; past it, "
+            "slow clients keep their backend connections (see `server.spoolMaxBytes`)."),
     Setting("server.lingerTime", 5, number(),
             "After an answer given before the request body was read (400, 413, 429, 502...), seconds "
             "the proxy keeps reading and discarding that body, so the client sees the answer, before "

@@ -79,6 +79,8 @@ class UpstreamSettings:
     connect_timeout: float | None = setting("server.connectTimeout")
     deny_backends: tuple[str, ...] = setting("server.denyBackends")
     ws_per_backend: int = setting("websocket.maxPerBackend")
+    spool_max_bytes: int = setting("server.spoolMaxBytes")
+    spool_bytes_per_worker: int = setting("server.spoolBytesPerWorker")
 
 
 @dataclasses.dataclass(frozen=True)

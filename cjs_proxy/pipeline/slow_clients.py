@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import gevent
 from gevent.lock import Semaphore
@@ -85,8 +85,8 @@ class PoolShare:
 class ClientWatch:
     """The waits on one client of an exchange that holds a pooled connection."""
 
-    __slots__ = ("address", "backend_url", "client", "lane", "laneless", "owner", "progress", "seen", "share",
-                 "waiting")
+    __slots__ = ("address", "backend_url", "client", "lane", "laneless", "owner", "progress", "relaying", "seen",
+                 "share", "spool", "spooled", "waiting")
 
     def __init__(self, owner: SlowClients, share: PoolShare, client: socket.socket, backend_url: str,
                  address: str | None = None) -> None:
@@ -102,6 +102,12 @@ class ClientWatch:
         self.lane = False
         #: Found slow with no lane free: it holds a connection kept for the others.
         self.laneless = False
+        #: Relaying the answer (not reading the request body): what is left of it may be spooled.
+        self.relaying = False
+        #: Spools the rest of the answer and gives the connection back (``spool``); False if it cannot.
+        self.spool: Callable[[], bool] | None = None
+        #: The rest of the answer is spooled: the connection is (being) given back.
+        self.spooled = False
 
     def begin(self) -> None:
         """The exchange now waits on its client."""
@@ -117,15 +123,19 @@ class ClientWatch:
         While a request waits for the pool, a client whose send buffer is full before the
         next piece is slow at once: it does not keep a connection for a whole sweep.
         """
+        self.relaying = True
         for chunk in chunks:
-            if self.share.waiting and not self.lane and not writable_now(self.client):
+            if self.share.waiting and not self.lane and not self.spooled and not writable_now(self.client):
                 self.slow_now()
             self.begin()
             yield chunk
             self.end()
 
     def slow_now(self) -> None:
-        """Slow: a lane if one is free, else (the pool being wanted) cut."""
+        """Slow: the rest of its answer spooled if it can be, else a lane if one is free, else
+        (the pool being wanted) cut."""
+        if self.spool_rest():
+            return
         if self.share.take_lane():
             self.lane, self.laneless = True, False
         elif self.share.waiting:
@@ -140,6 +150,15 @@ class ClientWatch:
             return
         if not self.lane:
             self.slow_now()
+        else:
+            self.spool_rest()  # gives its lane back too, once the answer is spooled
+
+    def spool_rest(self) -> bool:
+        """Spool what is left of the answer (``spool``), so that the connection goes back to its
+        pool while the client takes its time. True once it is spooled."""
+        if not self.spooled and self.relaying and self.spool is not None and self.spool():
+            self.spooled, self.laneless = True, False
+        return self.spooled
 
     def close(self) -> None:
         """The exchange is over: its lane back, out of the sweep."""
@@ -178,6 +197,10 @@ class SlowClients:
         """A request of ``address`` is about to wait for ``share``'s pool: cut one transfer already
         found slow with no lane free, now, another address's if there is one. True when one
         was cut (its connection comes free shortly)."""
+        for watch in self.active:  # an answer waiting on its client can be spooled: no cut needed
+            if watch.share is share and watch.waiting and watch.relaying and not watch.spooled:
+                if watch.spool_rest():
+                    return True
         own = None
         for watch in self.active:
             if watch.share is share and watch.laneless and not watch.lane and watch.waiting:

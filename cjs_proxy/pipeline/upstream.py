@@ -40,6 +40,7 @@ from cjs_proxy.pipeline.http1 import ResponseHead, ResponseReader, UpstreamBroke
 from cjs_proxy.pipeline.request_body import RequestBody
 from cjs_proxy.pipeline.slow_clients import ClientWatch, SlowClients
 from cjs_proxy.pipeline.sockets import send_all
+from cjs_proxy.pipeline.spool import SpoolBudget, SpoolingBody
 
 __all__ = ["BackendAdapter", "BackendConnection", "RequestBody", "Upstream", "UpstreamBroken", "UpstreamResponse",
            "make_session"]
@@ -65,6 +66,9 @@ class UpstreamResponse:
         self.on_release: Callable[[], None] | None = None
         #: The client's waits, watched while the body is relayed (``slow_clients``).
         self.watch: ClientWatch | None = None
+        #: The worker's spooled bytes; with a watch, an answer its client stops taking is spooled.
+        self.spool_budget: SpoolBudget | None = None
+        self._body: SpoolingBody | None = None
 
     @property
     def backend_url(self) -> str:
@@ -76,9 +80,13 @@ class UpstreamResponse:
 
     def iter_body(self) -> Iterator[bytes]:
         """Relay the body as it arrives; ``UpstreamBroken`` if the backend cuts it short."""
-        if self.watch is not None:
+        if self.watch is None:
+            return self.reader.iter_body()
+        if self.spool_budget is None:  # server.spoolMaxBytes: 0
             return self.watch.relay(self.reader.iter_body())
-        return self.reader.iter_body()
+        body = self._body = SpoolingBody(self.reader, self.spool_budget, self.give_back_connection)
+        self.watch.spool = body.spool_rest
+        return self.watch.relay(iter(body))
 
     def detach(self) -> tuple[socket.socket, bytes]:
         """After a ``101``: the socket and the backend's first bytes, for a tunnel."""
@@ -89,6 +97,14 @@ class UpstreamResponse:
         return sock, self.reader.leftover()
 
     def close(self) -> None:
+        """The connection settled, and the answer's spool (if it was spooled) deleted (idempotent)."""
+        try:
+            self.give_back_connection()
+        finally:
+            if self._body is not None:
+                self._body.close()
+
+    def give_back_connection(self) -> None:
         """Back to the pool if the exchange ended cleanly, otherwise closed (idempotent)."""
         if self._closed:
             return
@@ -112,7 +128,8 @@ class Upstream:
     """Sends requests to backends through per-backend pools owned by one session."""
 
     def __init__(self, session: requests.Session, connect_timeout: float, read_timeout: float,
-                 deny: tuple[Network, ...] = (), max_tunnels: int = 1000, per_client: int = 0) -> None:
+                 deny: tuple[Network, ...] = (), max_tunnels: int = 1000, per_client: int = 0,
+                 spools: SpoolBudget | None = None) -> None:
         self.session = session
         #: ``server.maxSocketsPerClient`` (0: half of each pool), see ``fair_share``.
         self.per_client = per_client
@@ -122,6 +139,8 @@ class Upstream:
         self.tunnels: dict[str, int] = {}
         #: Transfers that hold a pooled connection while they wait on their client.
         self.slow = SlowClients()
+        #: The bytes of answers spooled for clients that stopped taking them (``spool``); None: off.
+        self.spools = spools
         #: ``server.denyBackends``, handed to every connection the pools make.
         self.deny = deny
         self.connect_timeout = connect_timeout
@@ -181,6 +200,7 @@ class Upstream:
                 body.watch = None
         response = UpstreamResponse(reader, response_head, conn, pool)
         response.watch, response.on_release = watch, holding.release
+        response.spool_budget = self.spools
         return response
 
     def _connection(self, backend_url: str, body: RequestBody | None, watched: bool,

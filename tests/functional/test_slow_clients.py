@@ -67,8 +67,9 @@ def stalled_upload(port: int, host: str) -> socket.socket:
     return sock
 
 
-def test_stalled_clients_leave_a_connection_for_a_normal_get(make_proxy, rdb, lone_backend, host):
-    proxy = make_proxy(server_maxSockets=4, server_tcpTimeout=STARVATION)
+@pytest.mark.parametrize("spool", [16 << 20, 0], ids=["non-readers spooled", "spooling off: non-readers cut"])
+def test_stalled_clients_leave_a_connection_for_a_normal_get(make_proxy, rdb, lone_backend, host, spool):
+    proxy = make_proxy(server_maxSockets=4, server_tcpTimeout=STARVATION, server_spoolMaxBytes=spool)
     rdb.rpush(f"frontend:{host}", "app", lone_backend.url)
     stalled = [slow_post(proxy.port, host) for _ in range(3)]
     try:
@@ -124,3 +125,45 @@ def test_a_small_body_sent_slowly_arrives_whole(make_proxy, rdb, lone_backend, h
             data += chunk
     assert data.startswith(b"HTTP/1.1 200")
     assert b'"body_length": 10' in data
+
+
+def read_whole_answer(sock: socket.socket, size: int) -> tuple[bytes, str]:
+    """The head and the sha256 of a ``size``-byte body, read from a blocking socket."""
+    sock.settimeout(30)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before the head: {data[:200]!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    digest = hashlib.sha256(body)
+    received = len(body)
+    while received < size:
+        chunk = sock.recv(1 << 20)
+        assert chunk, f"cut after {received} of {size} bytes"
+        digest.update(chunk)
+        received += len(chunk)
+    return head, digest.hexdigest()
+
+
+def test_answers_their_clients_do_not_take_are_spooled_and_the_pool_given_back(make_proxy, rdb, lone_backend, host):
+    """Clients on the normal client's own address that do not read their 8 MiB: their answers
+    go to spools, their connections back to the pool; a normal GET is answered at once, and
+    every non-reader, when it does read, gets its whole answer."""
+    proxy = make_proxy(server_maxSockets=2, server_tcpTimeout=STARVATION)
+    rdb.rpush(f"frontend:{host}", "app", lone_backend.url)
+    readers = [non_reader(proxy.port, host, f"/bytes/{BIG}") for _ in range(4)]
+    try:
+        wait_for(lambda: established_to(lone_backend.port) >= 1, what="the downloads started")
+        started = time.monotonic()
+        answer = requests.get(f"{proxy.url}/echo", headers={"Host": host}, timeout=STARVATION + 10)
+        elapsed = time.monotonic() - started
+        assert answer.status_code == 200
+        assert elapsed < STARVATION / 3, f"{elapsed:.1f}s: starved"
+        expected = hashlib.sha256(pattern_bytes(BIG)).hexdigest()
+        for sock in readers:
+            head, digest = read_whole_answer(sock, BIG)
+            assert head.startswith(b"HTTP/1.1 200") and digest == expected
+    finally:
+        for sock in readers:
+            sock.close()

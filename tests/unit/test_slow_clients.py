@@ -95,3 +95,29 @@ def test_one_address_alone_is_relieved_as_before():
     share.waiting += 1  # a request of the same address waits for the pool
     slow.tick()
     assert owner.cut == [slow]
+
+
+def test_a_slow_answer_is_spooled_rather_than_cut():
+    owner, share = Recorder(), PoolShare(1)
+    watch = owner.watch(share, socket.socket(), "http://b")
+    spooled = []
+    watch.spool = lambda: spooled.append(True) or True
+    relay = watch.relay(iter([b"piece"]))
+    next(relay)  # the client now takes this piece: the exchange waits on it
+    share.waiting += 1  # and a request wants the pool
+    watch.tick()
+    watch.tick()
+    assert spooled == [True] and owner.cut == [] and watch.spooled and not watch.laneless
+    assert owner.relieve(share) is False  # nothing left to cut: its connection is on its way back
+
+
+def test_a_slow_upload_is_not_spooled():
+    """Only an answer can be spooled; a request body that stalls keeps the old rules."""
+    owner, share = Recorder(), PoolShare(1)
+    watch = owner.watch(share, socket.socket(), "http://b")
+    watch.spool = lambda: True
+    watch.begin()  # waiting for the client's next body piece
+    share.waiting += 1
+    watch.tick()
+    watch.tick()
+    assert not watch.spooled and owner.cut == [watch]

@@ -314,10 +314,13 @@ class ResponseReader:
     def _recv_body(self) -> bytes:
         try:
             return self.sock.recv(RECV_SIZE)
-        except TimeoutError as exc:
-            raise UpstreamBroken(f"{self.backend_url}: body stalled after {self.bytes_read} bytes") from exc
         except OSError as exc:
-            raise UpstreamBroken(f"{self.backend_url}: body broken after {self.bytes_read} bytes: {exc}") from exc
+            raise self._body_broken(exc) from exc
+
+    def _body_broken(self, exc: OSError) -> UpstreamBroken:
+        if isinstance(exc, TimeoutError):
+            return UpstreamBroken(f"{self.backend_url}: body stalled after {self.bytes_read} bytes")
+        return UpstreamBroken(f"{self.backend_url}: body broken after {self.bytes_read} bytes: {exc}")
 
     def unread_length(self) -> int | None:
         """Bytes of a ``Content-Length`` body that ``iter_body`` has not handed out yet; None when
@@ -370,10 +373,8 @@ class ResponseReader:
     def _recv_body_into(self, view: memoryview) -> int:
         try:
             return self.sock.recv_into(view)
-        except TimeoutError as exc:
-            raise UpstreamBroken(f"{self.backend_url}: body stalled after {self.bytes_read} bytes") from exc
         except OSError as exc:
-            raise UpstreamBroken(f"{self.backend_url}: body broken after {self.bytes_read} bytes: {exc}") from exc
+            raise self._body_broken(exc) from exc
 
     def leftover(self) -> bytes:
         """Bytes the backend sent after a ``101`` head: the first bytes of the new protocol."""

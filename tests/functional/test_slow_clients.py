@@ -67,6 +67,25 @@ def stalled_upload(port: int, host: str) -> socket.socket:
     return sock
 
 
+def read_whole_answer(sock: socket.socket, size: int) -> tuple[bytes, str]:
+    """The head and the sha256 of a ``size``-byte body, read from a blocking socket."""
+    sock.settimeout(30)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"closed before the head: {data[:200]!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    digest = hashlib.sha256(body)
+    received = len(body)
+    while received < size:
+        chunk = sock.recv(1 << 20)
+        assert chunk, f"cut after {received} of {size} bytes"
+        digest.update(chunk)
+        received += len(chunk)
+    return head, digest.hexdigest()
+
+
 @pytest.mark.parametrize("spool", [16 << 20, 0], ids=["non-readers spooled", "spooling off: non-readers cut"])
 def test_stalled_clients_leave_a_connection_for_a_normal_get(make_proxy, rdb, lone_backend, host, spool):
     proxy = make_proxy(server_maxSockets=4, server_tcpTimeout=STARVATION, server_spoolMaxBytes=spool)
@@ -94,20 +113,9 @@ def test_a_slow_reader_is_never_cut_while_nobody_needs_the_pool(make_proxy, rdb,
     with sock:
         wait_for(lambda: established_to(lone_backend.port) >= 1, what="the download started")
         time.sleep(2)  # stalled for several sweeps, on purpose
-        sock.settimeout(10)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += sock.recv(65536)
-        head, _, body = data.partition(b"\r\n\r\n")
-        digest = hashlib.sha256(body)
-        received = len(body)
-        while received < BIG:
-            chunk = sock.recv(1 << 20)
-            assert chunk, f"cut after {received} bytes"
-            digest.update(chunk)
-            received += len(chunk)
+        head, digest = read_whole_answer(sock, BIG)
     assert head.startswith(b"HTTP/1.1 200")
-    assert digest.hexdigest() == hashlib.sha256(pattern_bytes(BIG)).hexdigest()
+    assert digest == hashlib.sha256(pattern_bytes(BIG)).hexdigest()
 
 
 def test_a_small_body_sent_slowly_arrives_whole(make_proxy, rdb, lone_backend, host):
@@ -125,25 +133,6 @@ def test_a_small_body_sent_slowly_arrives_whole(make_proxy, rdb, lone_backend, h
             data += chunk
     assert data.startswith(b"HTTP/1.1 200")
     assert b'"body_length": 10' in data
-
-
-def read_whole_answer(sock: socket.socket, size: int) -> tuple[bytes, str]:
-    """The head and the sha256 of a ``size``-byte body, read from a blocking socket."""
-    sock.settimeout(30)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed before the head: {data[:200]!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    digest = hashlib.sha256(body)
-    received = len(body)
-    while received < size:
-        chunk = sock.recv(1 << 20)
-        assert chunk, f"cut after {received} of {size} bytes"
-        digest.update(chunk)
-        received += len(chunk)
-    return head, digest.hexdigest()
 
 
 def test_answers_their_clients_do_not_take_are_spooled_and_the_pool_given_back(make_proxy, rdb, lone_backend, host):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
@@ -277,7 +277,7 @@ class ResponseReader:
 
     # ------------------------------------------------------------------ the body
 
-    def iter_body(self) -> Iterator[bytes]:
+    def iter_body(self) -> Generator[bytes, None, None]:
         """The body as it arrives, de-framed; raises ``UpstreamBroken`` if it is cut short."""
         if self.complete:
             return

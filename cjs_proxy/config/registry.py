@@ -141,7 +141,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.headerTimeout", 10, number(),
             "Seconds a client has to send a whole request head, on a new connection and for every "
             "later keep-alive request (counted from its first byte), whatever `server.keepAliveTimeout` "
-            "is; past it the connection is closed (nginx's `client_header_timeout`)."),
+            "is; past it the connection is closed (nginx's `client_header_timeout`). A connection's "
+            "first head gets up to a tenth more, drawn per connection, so that connections opened "
+            "together are not all closed at once."),
     Setting("server.maxHeaderBytes", 32768, integer(1024),
             "Largest request head (request line and headers) in bytes; over it the answer is 431 "
             "and nothing is forwarded (nginx's `large_client_header_buffers`, 4 x 8k)."),

@@ -33,11 +33,11 @@ class HasFileno(Protocol):
     def fileno(self) -> int: ...
 
 
-def _ready_now(events: int, sockets: tuple[HasFileno | int, ...]) -> bool:
+def _ready_now(events: int, sockets: tuple[HasFileno | int, ...], milliseconds: int = 0) -> bool:
     poller = _kernel_poll()
     for sock in sockets:
         poller.register(sock, events)
-    return bool(poller.poll(0))
+    return bool(poller.poll(milliseconds))
 
 
 def readable_now(*sockets: HasFileno | int) -> bool:
@@ -70,12 +70,10 @@ def readable_within(sock: HasFileno | int, milliseconds: float) -> bool:
     costs a whole loop turn, several milliseconds in a busy worker, where the peer refills
     the socket in microseconds.
     """
-    poller = _kernel_poll()
     try:
-        poller.register(sock, select.POLLIN)
+        return _ready_now(select.POLLIN, (sock,), max(0, round(milliseconds)))
     except ValueError:  # closed meanwhile: the caller's next read says so
         return True
-    return bool(poller.poll(max(0, round(milliseconds))))
 
 
 def writable_now(sock: HasFileno | int) -> bool:
